@@ -1,0 +1,1 @@
+//! gochat-infra
