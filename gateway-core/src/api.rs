@@ -71,7 +71,7 @@ pub struct Reject {
 }
 
 /// Accepts the upgrade for `user_id`. `tag` groups connections for
-/// [`Pusher::close_user`] (e.g. a hash of the token they were opened with).
+/// [`crate::Pusher::close_user`] (e.g. a hash of the token they were opened with).
 pub struct Accept<S> {
     pub user_id: u64,
     pub tag: u64,

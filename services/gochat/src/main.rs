@@ -1,1 +1,97 @@
-fn main() {}
+//! `gochat`: the GoChat server command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gochat_infra::config::{Config, EXIT_CONFIG, FlagOverrides};
+use gochat_infra::shutdown::{self, Shutdown};
+
+/// GoChat: an instant-messaging backend.
+#[derive(Parser)]
+#[command(name = "gochat", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every service in one process (SQLite, in-process bus): nothing else to install.
+    Up(UpArgs),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// HTTP API address (port 0 picks a free port).
+    #[arg(long, env = "GOCHAT_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// WebSocket address (port 0 picks a free port).
+    #[arg(long, env = "GOCHAT_WS_ADDR")]
+    ws_addr: Option<SocketAddr>,
+    /// Where the database, the bus log and the JWT secret live.
+    #[arg(long, env = "GOCHAT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// WebSocket shards (pinned threads); 0 = one per core.
+    #[arg(long, env = "GOCHAT_SHARDS")]
+    shards: Option<usize>,
+    /// TOML configuration file.
+    #[arg(long, env = "GOCHAT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// sysexits EX_UNAVAILABLE / EX_SOFTWARE.
+const EXIT_UNAVAILABLE: u8 = 69;
+const EXIT_FAILED: u8 = 70;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up(args) => up(args),
+    }
+}
+
+fn up(args: UpArgs) -> ExitCode {
+    let flags = FlagOverrides::new(args.http_addr, args.ws_addr, args.shards, args.data_dir);
+    let config = match Config::load(args.config.as_deref(), &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gochat: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    gochat_infra::telemetry::init_tracing(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gochat: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = Shutdown::new();
+        let app = match gochat::embedded::build(config, shutdown.clone()).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("gochat: {e}");
+                let code = if matches!(e, gochat::embedded::StartError::Platform(_)) { EXIT_UNAVAILABLE } else { EXIT_FAILED };
+                return ExitCode::from(code);
+            }
+        };
+        println!("GoChat is up");
+        println!("  HTTP API:   http://{}/api", app.http_addr());
+        println!("  WebSocket:  ws://{}/ws?token=<accessToken>", app.ws_addr());
+        println!("  Health:     http://{}/healthz", app.http_addr());
+        println!("  Metrics:    http://{}/metrics", app.http_addr());
+        println!("Press Ctrl-C to stop.");
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown::signal().await;
+            tracing::info!("signal received; shutting down");
+            s.trigger();
+        });
+        app.run_until_stopped().await;
+        ExitCode::SUCCESS
+    })
+}

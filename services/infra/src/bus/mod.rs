@@ -101,11 +101,7 @@ pub trait Consumer: Send {
 
 /// Produces one record (a convenience over [`Bus::produce`]).
 pub async fn produce_one(bus: &dyn Bus, record: OutRecord) -> Result<RecordMeta, BusError> {
-    bus.produce(vec![record])
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| BusError::Invalid("produce returned no metadata".into()))
+    bus.produce(vec![record]).await?.into_iter().next().ok_or_else(|| BusError::Invalid("produce returned no metadata".into()))
 }
 
 /// Stable partition for a key (FNV-1a, so every producer agrees).

@@ -11,6 +11,9 @@
 //! Unix milliseconds.
 
 pub mod sqlite;
+/// The shared behaviour suite, run by each implementation's tests.
+#[cfg(test)]
+pub(crate) mod tests;
 
 use async_trait::async_trait;
 use gochat_proto::common::{Conversation, Friend, FriendRequest, Member, Message, User};

@@ -1,0 +1,99 @@
+//! Start-up checks for io_uring, and the only `unsafe` in the crate (two libc
+//! calls that fill caller-owned structs).
+
+use crate::EngineError;
+
+/// glommio refuses to create an executor below this RLIMIT_MEMLOCK.
+pub const MIN_MEMLOCK_BYTES: u64 = 512 * 1024;
+/// Oldest kernel whose io_uring has everything glommio uses.
+pub const MIN_KERNEL: (u32, u32) = (5, 8);
+
+/// Fails with one actionable line when this process cannot run io_uring shards.
+pub fn check_platform() -> Result<(), EngineError> {
+    let memlock =
+        memlock_limit().map_err(|e| EngineError::Platform(format!("cannot read RLIMIT_MEMLOCK ({e}); io_uring needs >= 512 KiB")))?;
+    check_memlock(memlock)?;
+    let release = kernel_release().map_err(|e| EngineError::Platform(format!("cannot read the kernel version via uname ({e})")))?;
+    check_kernel(&release)
+}
+
+fn check_memlock(limit: Option<u64>) -> Result<(), EngineError> {
+    match limit {
+        Some(bytes) if bytes < MIN_MEMLOCK_BYTES => Err(EngineError::Platform(format!(
+            "io_uring needs RLIMIT_MEMLOCK >= 512 KiB, this process has {} KiB: raise it with \
+             `ulimit -l 1024` (or LimitMEMLOCK= in systemd, --ulimit memlock=... in docker)",
+            bytes / 1024
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_kernel(release: &str) -> Result<(), EngineError> {
+    match parse_kernel(release) {
+        Some(v) if v >= MIN_KERNEL => Ok(()),
+        Some(_) => Err(EngineError::Platform(format!(
+            "io_uring needs Linux >= {}.{}, this kernel is {release}: run on a newer kernel",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        ))),
+        None => Err(EngineError::Platform(format!("cannot parse the kernel release {release:?}; io_uring needs Linux >= 5.8"))),
+    }
+}
+
+/// "6.8.0-45-generic" -> (6, 8).
+fn parse_kernel(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The soft memlock limit in bytes; `None` means unlimited.
+fn memlock_limit() -> std::io::Result<Option<u64>> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit that outlives the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur))
+}
+
+fn kernel_release() -> std::io::Result<String> {
+    // SAFETY: utsname is plain old data; all-zero bytes is a valid value.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid, writable utsname that outlives the call.
+    let rc = unsafe { libc::uname(&mut uts) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let bytes: Vec<u8> = uts.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_releases() {
+        assert_eq!(parse_kernel("6.8.0-45-generic"), Some((6, 8)));
+        assert_eq!(parse_kernel("5.10.102.1-microsoft-standard-WSL2"), Some((5, 10)));
+        assert_eq!(parse_kernel("garbage"), None);
+    }
+
+    #[test]
+    fn old_kernel_and_low_memlock_are_rejected_with_a_hint() {
+        let err = check_kernel("5.4.0").unwrap_err().to_string();
+        assert!(err.contains("5.8"), "{err}");
+        assert!(check_kernel("5.8.0").is_ok());
+        let err = check_memlock(Some(64 * 1024)).unwrap_err().to_string();
+        assert!(err.contains("64 KiB") && err.contains("ulimit -l"), "{err}");
+        assert!(check_memlock(None).is_ok());
+        assert!(check_memlock(Some(MIN_MEMLOCK_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn this_machine_passes() {
+        check_platform().expect("test machine supports io_uring");
+    }
+}

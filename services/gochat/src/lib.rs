@@ -1,0 +1,12 @@
+//! The `gochat` command's library: wiring the services together.
+//!
+//! # Layout
+//! - [`embedded`]: `gochat up` — gateway, logic, repo and task in one
+//!   process on the embedded adapters (SQLite, the in-process bus with its
+//!   durable log, the in-memory KV store).
+//! - [`secret`]: the JWT secret kept in the data directory.
+
+#![forbid(unsafe_code)]
+
+pub mod embedded;
+pub mod secret;

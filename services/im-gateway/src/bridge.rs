@@ -1,0 +1,217 @@
+//! The tokio side of the gateway: everything shards hand off, and
+//! everything that comes back from the bus for this gateway.
+//!
+//! - [`run_bridge`]: presence (opened/closed, periodic refresh), the
+//!   per-user connection limit, and `mark-read`.
+//! - [`run_upstream`]: batches client messages into the bus producer.
+//! - [`run_downstream`]: this gateway's downstream topic → frames encoded
+//!   once → the engine's pusher.
+//! - [`run_user_events`]: token revocations from other gateways.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_core::{ConnId, Pusher};
+use gochat_infra::auth::{RevokedSet, tag_of};
+use gochat_infra::bus::{Bus, groups, topics};
+use gochat_infra::codec;
+use gochat_infra::error::{AppError, AppResult, ErrorCode};
+use gochat_infra::rpc;
+use gochat_infra::shutdown::Shutdown;
+use gochat_proto::common::PresenceEntry;
+use gochat_proto::events::{DownstreamMessage, UserEvent, downstream_message::Payload, user_event};
+use gochat_proto::logic::logic_server::Logic as LogicRpc;
+use gochat_proto::logic::{Caller, ConnectionEvent, MarkReadRequest, PresenceRefresh};
+use tokio::sync::mpsc;
+use tonic::Request;
+
+use crate::frames;
+use crate::ws::{BridgeEvent, Outgoing, parse_conn_id};
+
+/// Close code for the oldest connection when a user opens one too many.
+pub const CLOSE_TOO_MANY: u16 = 4001;
+const LOGIC_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn with_timeout<T>(f: impl std::future::Future<Output = AppResult<T>>) -> AppResult<T> {
+    tokio::time::timeout(LOGIC_TIMEOUT, f).await.unwrap_or_else(|_| Err(AppError::unavailable("logic did not answer in time")))
+}
+
+/// Settings of [`run_bridge`].
+pub struct BridgeConfig {
+    pub gateway_id: String,
+    pub max_per_user: usize,
+    pub refresh_every: Duration,
+}
+
+pub async fn run_bridge(logic: Arc<dyn LogicRpc>, pusher: Pusher, mut events: mpsc::UnboundedReceiver<BridgeEvent>, cfg: BridgeConfig) {
+    let mut live: HashMap<ConnId, PresenceEntry> = HashMap::new();
+    let mut per_user: HashMap<i64, VecDeque<ConnId>> = HashMap::new();
+    let mut refresh = tokio::time::interval(cfg.refresh_every);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    BridgeEvent::Opened { conn, entry, reply } => {
+                        let user = entry.user_id;
+                        let r = with_timeout(rpc(logic.connection_opened(Request::new(ConnectionEvent { entry: Some(entry.clone()) })))).await;
+                        match r {
+                            Ok(_) => {
+                                live.insert(conn, entry);
+                                let conns = per_user.entry(user).or_default();
+                                conns.push_back(conn);
+                                while conns.len() > cfg.max_per_user {
+                                    if let Some(oldest) = conns.pop_front() {
+                                        pusher.close_conn(oldest, CLOSE_TOO_MANY, "too many connections for this user");
+                                    }
+                                }
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "presence registration failed");
+                                let _ = reply.send(Err("presence unavailable; retry".into()));
+                            }
+                        }
+                    }
+                    BridgeEvent::Closed { conn, entry } => {
+                        if live.remove(&conn).is_none() {
+                            continue; // never registered (open failed)
+                        }
+                        if let Some(conns) = per_user.get_mut(&entry.user_id) {
+                            conns.retain(|c| *c != conn);
+                            if conns.is_empty() {
+                                per_user.remove(&entry.user_id);
+                            }
+                        }
+                        if let Err(e) = with_timeout(rpc(logic.connection_closed(Request::new(ConnectionEvent { entry: Some(entry) })))).await {
+                            tracing::warn!(error = %e, "presence removal failed; the entry will expire");
+                        }
+                    }
+                    BridgeEvent::MarkRead { conn, user_id, is_guest, conversation_id, seq_id } => {
+                        let logic = logic.clone();
+                        let pusher = pusher.clone();
+                        tokio::spawn(async move {
+                            let req = MarkReadRequest { caller: Some(Caller { user_id, is_guest }), conversation_id, seq_id };
+                            if let Err(e) = with_timeout(rpc(logic.mark_read(Request::new(req)))).await {
+                                pusher.send_to(conn, frames::error_code(e.code, &e.message, None));
+                            }
+                        });
+                    }
+                }
+            }
+            _ = refresh.tick() => {
+                if live.is_empty() {
+                    continue;
+                }
+                let req = PresenceRefresh { gateway_id: cfg.gateway_id.clone(), entries: live.values().cloned().collect() };
+                let logic = logic.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = with_timeout(rpc(logic.refresh_presence(Request::new(req)))).await {
+                        tracing::warn!(error = %e, "presence refresh failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Batches client messages into the producer. Ends when every shard is gone.
+pub async fn run_upstream(bus: Arc<dyn Bus>, mut rx: mpsc::Receiver<Outgoing>, pusher: Pusher) {
+    const BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let records = batch
+            .iter()
+            .map(|o| codec::encode(topics::UPSTREAM, o.message.conversation_id.clone(), &o.message, &codec::new_trace_id()))
+            .collect();
+        if let Err(e) = bus.produce(records).await {
+            tracing::error!(error = %e, n = batch.len(), "upstream produce failed");
+            for o in &batch {
+                let frame = frames::error_code(ErrorCode::Unavailable, "message not accepted; retry", o.message.client_msg_id.as_deref());
+                pusher.send_to(o.conn, frame);
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Applies one downstream record to the engine.
+pub fn apply_downstream(gateway_id: &str, pusher: &Pusher, m: DownstreamMessage) {
+    let exclude = parse_conn_id(gateway_id, &m.exclude_conn_id);
+    let users: Arc<[u64]> = m.target_user_ids.iter().map(|u| *u as u64).collect();
+    match m.payload {
+        Some(Payload::Message(msg)) => {
+            if let Some(ack) = &m.ack {
+                if let Some(conn) = parse_conn_id(gateway_id, &ack.conn_id) {
+                    pusher.send_to(conn, frames::ack(ack.client_msg_id.as_deref(), ack.message_id, ack.seq_id));
+                }
+            }
+            if !users.is_empty() {
+                pusher.deliver(users, exclude, frames::new_message(&msg));
+            }
+        }
+        Some(Payload::OnlineStatus(s)) => pusher.deliver(users, exclude, frames::online_status(s.user_id, s.online)),
+        Some(Payload::ReadReceipt(r)) => pusher.deliver(users, exclude, frames::read_receipt(&r.conversation_id, r.user_id, r.seq_id)),
+        Some(Payload::Kick(k)) => {
+            let tag = (!k.jti.is_empty()).then(|| tag_of(&k.jti));
+            let code = u16::try_from(k.close_code).ok().filter(|c| (4000..5000).contains(c)).unwrap_or(4000);
+            pusher.close_user(k.user_id as u64, tag, code, &k.reason);
+        }
+        Some(Payload::Error(e)) => {
+            if let Some(conn) = parse_conn_id(gateway_id, &e.conn_id) {
+                pusher.send_to(conn, frames::error(&e.code, &e.message, e.client_msg_id.as_deref()));
+            }
+        }
+        None => tracing::warn!("downstream record without payload"),
+    }
+}
+
+/// Consumes this gateway's downstream topic until shutdown.
+pub async fn run_downstream(bus: Arc<dyn Bus>, gateway_id: String, pusher: Pusher, shutdown: Shutdown) -> AppResult<()> {
+    let topic = topics::downstream(&gateway_id);
+    let mut consumer = bus.subscribe(&groups::gateway_downstream(&gateway_id), &[topic.as_str()]).await?;
+    while !shutdown.is_triggered() {
+        let records = tokio::select! {
+            _ = shutdown.wait() => break,
+            r = consumer.poll(1024, Duration::from_millis(500)) => r?,
+        };
+        for r in &records {
+            match codec::decode::<DownstreamMessage>(r) {
+                Ok(m) => apply_downstream(&gateway_id, &pusher, m),
+                Err(e) => tracing::error!(offset = r.offset, error = %e, "undecodable downstream record skipped"),
+            }
+        }
+        if !records.is_empty() {
+            if let Err(e) = consumer.commit(&records).await {
+                tracing::warn!(error = %e, "downstream commit failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the local revoked set fresh from `token_revoked` events.
+pub async fn run_user_events(bus: Arc<dyn Bus>, gateway_id: String, revoked: RevokedSet, shutdown: Shutdown) -> AppResult<()> {
+    let mut consumer = bus.subscribe(&groups::gateway_events(&gateway_id), &[topics::USER_EVENTS]).await?;
+    let mut purge = tokio::time::interval(Duration::from_secs(60));
+    while !shutdown.is_triggered() {
+        let records = tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = purge.tick() => { revoked.purge_expired(gochat_infra::now_ms()); continue; }
+            r = consumer.poll(1024, Duration::from_millis(500)) => r?,
+        };
+        for r in &records {
+            if let Ok(UserEvent { event: Some(user_event::Event::TokenRevoked(t)), .. }) = codec::decode::<UserEvent>(r) {
+                revoked.insert(&t.jti, t.expires_at_ms);
+            }
+        }
+        if !records.is_empty() {
+            if let Err(e) = consumer.commit(&records).await {
+                tracing::warn!(error = %e, "user-events commit failed");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! The HTTP API of API.md: routing, the JSON envelope, authentication,
+//! per-IP rate limiting, CORS, request metrics.
+//!
+//! Errors are turned into responses in exactly one place
+//! ([`ApiError::into_response`]); extractor rejections (bad JSON, wrong
+//! types, oversize bodies, bad query strings) all become 400
+//! `VALIDATION_ERROR` in the same envelope.
+
+mod routes;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, request::Parts};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use gochat_infra::auth::{Claims, RevokedSet, TokenKeys, verify_access};
+use gochat_infra::config::Config;
+use gochat_infra::error::{AppError, ErrorCode};
+use gochat_infra::telemetry::Metrics;
+use gochat_proto::logic::Caller;
+use gochat_proto::logic::logic_server::Logic as LogicRpc;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+/// A named readiness check for `/healthz`.
+pub type HealthCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct HttpState {
+    pub logic: Arc<dyn LogicRpc>,
+    pub keys: TokenKeys,
+    pub revoked: RevokedSet,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Vec<(String, HealthCheck)>>,
+    pub ip_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Refreshes engine gauges right before `/metrics` renders.
+    pub on_scrape: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl HttpState {
+    pub fn ip_limiter(config: &Config) -> Arc<DefaultKeyedRateLimiter<IpAddr>> {
+        let per_sec = std::num::NonZeroU32::new(config.http.rate_per_ip).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = std::num::NonZeroU32::new(config.http.burst_per_ip).unwrap_or(per_sec);
+        Arc::new(RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)))
+    }
+}
+
+/// The OpenAPI document served at `/api/openapi.json` (checked against the
+/// router by the `openapi_matches_routes` test).
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// Builds the router.
+pub fn router(state: HttpState) -> Router {
+    let cors = cors(&state.config);
+    let limit = state.config.http.max_body_bytes;
+    routes::api()
+        .fallback(|| async { ApiError(AppError::not_found("no such endpoint")) })
+        .method_not_allowed_fallback(|| async {
+            let mut r = ApiError(AppError::validation("method not allowed on this endpoint")).into_response();
+            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            r
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(cors)
+        .with_state(state)
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let origins = &config.http.cors_origins;
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers([http::header::AUTHORIZATION, http::header::CONTENT_TYPE]);
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        layer.allow_origin(AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok())))
+    }
+}
+
+async fn track(State(state): State<HttpState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.http_requests.with_label_values(&[&method, &route, resp.status().as_str()]).inc();
+    state.metrics.http_duration.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn rate_limit(State(state): State<HttpState>, req: Request, next: Next) -> Response {
+    let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    if let Some(ip) = ip {
+        if state.ip_limiter.check_key(&ip).is_err() {
+            return ApiError(AppError::new(ErrorCode::RateLimited, "too many requests; slow down")).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// An error response in the contract's envelope.
+#[derive(Debug)]
+pub struct ApiError(pub AppError);
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(s: tonic::Status) -> Self {
+        ApiError(AppError::from_status(&s))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({"success": false, "message": self.0.message, "code": self.0.code.as_str()});
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A success response: `{"success": true, "message", "data"}` with a status.
+pub struct Ok<T>(pub StatusCode, pub &'static str, pub T);
+
+impl<T: Serialize> IntoResponse for Ok<T> {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(serde_json::json!({"success": true, "message": self.1, "data": self.2}))).into_response()
+    }
+}
+
+/// JSON body whose rejections become `VALIDATION_ERROR`.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Result::Ok(axum::Json(v)) => Result::Ok(Body(v)),
+            Err(rej) => Err(ApiError(AppError::validation(json_rejection_message(&rej)))),
+        }
+    }
+}
+
+fn json_rejection_message(rej: &JsonRejection) -> String {
+    match rej {
+        JsonRejection::MissingJsonContentType(_) => "expected Content-Type: application/json".into(),
+        JsonRejection::BytesRejection(_) => "request body is too large or unreadable".into(),
+        other => other.body_text(),
+    }
+}
+
+/// Query string whose rejections become `VALIDATION_ERROR`.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Result::Ok(axum::extract::Query(v)) => Result::Ok(QueryParams(v)),
+            Err(rej) => Err(ApiError(AppError::validation(query_rejection_message(&rej)))),
+        }
+    }
+}
+
+fn query_rejection_message(rej: &QueryRejection) -> String {
+    rej.body_text()
+}
+
+/// The authenticated caller (valid, unrevoked access token).
+pub struct Auth {
+    pub claims: Claims,
+    pub caller: Caller,
+}
+
+impl FromRequestParts<HttpState> for Auth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError(AppError::unauthorized("missing Authorization: Bearer token")))?;
+        let claims = verify_access(&state.keys, &state.revoked, token).map_err(|e| ApiError(AppError::unauthorized(format!("{e}"))))?;
+        let user_id = claims.user_id().ok_or_else(|| ApiError(AppError::unauthorized("invalid token")))?;
+        Result::Ok(Auth { caller: Caller { user_id, is_guest: claims.guest }, claims })
+    }
+}

@@ -1,0 +1,124 @@
+//! The `logic.upstream.group` consumer: client messages the gateways
+//! produced to `gochat.messages.upstream`.
+//!
+//! Records of one partition are handled in order (one conversation lives in
+//! one partition, so its messages keep their order); partitions of a batch
+//! are handled concurrently. Offsets are committed after the whole batch is
+//! done. A business error (not a member, too large, ...) goes back to the
+//! sending connection as an `error` frame; a backend outage is retried
+//! until it passes, without committing; an undecodable record goes to the
+//! dead-letter topic.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gochat_infra::bus::{Consumer, Record, groups, topics};
+use gochat_infra::codec;
+use gochat_infra::error::AppError;
+use gochat_infra::shutdown::Shutdown;
+use gochat_proto::events::{DownstreamMessage, ErrorReply, UpstreamMessage, downstream_message::Payload};
+use gochat_proto::logic::{Caller, SendMessageRequest};
+
+use crate::Logic;
+
+const BATCH: usize = 512;
+
+/// Consumes until shutdown; returns after committing what was handled.
+pub async fn run(logic: Logic, shutdown: Shutdown) -> Result<(), AppError> {
+    let mut consumer = logic.bus.subscribe(groups::LOGIC_UPSTREAM, &[topics::UPSTREAM]).await?;
+    tracing::info!("upstream consumer started");
+    while !shutdown.is_triggered() {
+        let records = tokio::select! {
+            _ = shutdown.wait() => break,
+            r = consumer.poll(BATCH, Duration::from_millis(500)) => r?,
+        };
+        if records.is_empty() {
+            continue;
+        }
+        handle_batch(&logic, &records, &shutdown).await;
+        commit(consumer.as_mut(), &records).await;
+    }
+    tracing::info!("upstream consumer stopped");
+    Ok(())
+}
+
+async fn commit(consumer: &mut dyn Consumer, records: &[Record]) {
+    if let Err(e) = consumer.commit(records).await {
+        // Not fatal: the records are delivered again and handled idempotently.
+        tracing::warn!(error = %e, "upstream commit failed");
+    }
+}
+
+async fn handle_batch(logic: &Logic, records: &[Record], shutdown: &Shutdown) {
+    let mut by_partition: BTreeMap<(&str, u32), Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        by_partition.entry((r.topic.as_str(), r.partition)).or_default().push(r);
+    }
+    let tasks = by_partition.into_values().map(|recs| async move {
+        for r in recs {
+            handle(logic, r, shutdown).await;
+        }
+    });
+    futures::future::join_all(tasks).await;
+}
+
+async fn handle(logic: &Logic, record: &Record, shutdown: &Shutdown) {
+    let trace = codec::trace_id(record);
+    let up: UpstreamMessage = match codec::decode(record) {
+        Ok(m) => m,
+        Err(e) => {
+            logic.dead_letter(record, groups::LOGIC_UPSTREAM, &format!("undecodable UpstreamMessage: {e}")).await;
+            return;
+        }
+    };
+    let req = SendMessageRequest {
+        caller: Some(Caller { user_id: up.user_id, is_guest: up.is_guest }),
+        conversation_id: up.conversation_id.clone(),
+        message_type: up.message_type,
+        content: up.content,
+        client_msg_id: up.client_msg_id.clone(),
+        conn_id: Some(up.conn_id.clone()),
+        gateway_id: Some(up.gateway_id.clone()),
+        extra: None,
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match logic.send_message(req.clone(), "ws", &trace).await {
+            Ok(_) => return,
+            Err(e) if e.code.is_retryable() && !shutdown.is_triggered() => {
+                tracing::warn!(error = %e, trace_id = %trace, "send failed, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                let reply = DownstreamMessage {
+                    target_user_ids: vec![],
+                    exclude_conn_id: String::new(),
+                    payload: Some(Payload::Error(ErrorReply {
+                        conn_id: up.conn_id.clone(),
+                        code: e.code.as_str().to_string(),
+                        message: e.message.clone(),
+                        client_msg_id: up.client_msg_id.clone(),
+                    })),
+                    ack: None,
+                };
+                let rec = codec::encode(topics::downstream(&up.gateway_id), up.conversation_id.clone(), &reply, &trace);
+                if let Err(err) = logic.bus.produce(vec![rec]).await {
+                    tracing::warn!(error = %err, "error reply not sent");
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl Logic {
+    /// Sends a record this consumer cannot handle to `gochat.dlq`.
+    pub(crate) async fn dead_letter(&self, record: &Record, group: &str, error: &str) {
+        tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, error, "dead-lettering record");
+        self.metrics.dead_letters.with_label_values(&[&record.topic]).inc();
+        if let Err(e) = self.bus.produce(vec![codec::dead_letter(record, group, error)]).await {
+            tracing::error!(error = %e, "dead-letter produce failed");
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! `Repo` over a store and a KV store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gochat_infra::error::AppError;
+use gochat_infra::kv::{Kv, KvError, keys};
+use gochat_infra::now_ms;
+use gochat_infra::store::{HistoryDirection, Store, StoreError};
+use gochat_proto::common::{Conversation, Member, User};
+use gochat_proto::repo::repo_server::Repo;
+use gochat_proto::repo::*;
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+/// The world room's fixed conversation id.
+pub const WORLD_ID: &str = "world";
+
+const USER_CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// The `Repo` service.
+#[derive(Clone)]
+pub struct RepoService {
+    store: Arc<dyn Store>,
+    kv: Arc<dyn Kv>,
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+fn db(e: StoreError) -> Status {
+    AppError::from(e).to_status()
+}
+
+fn kv_err(e: KvError) -> Status {
+    tracing::error!(error = %e, "kv error");
+    AppError::unavailable("kv store unavailable").to_status()
+}
+
+fn ok<T>(v: T) -> R<T> {
+    Ok(Response::new(v))
+}
+
+fn not_found(what: &str) -> Status {
+    AppError::not_found(format!("{what} not found")).to_status()
+}
+
+fn limit(v: i32, default: u32, max: u32) -> u32 {
+    if v <= 0 { default } else { (v as u32).min(max) }
+}
+
+impl RepoService {
+    pub fn new(store: Arc<dyn Store>, kv: Arc<dyn Kv>) -> Self {
+        Self { store, kv }
+    }
+
+    /// Creates the world room if it does not exist yet.
+    pub async fn ensure_world(&self) -> Result<(), StoreError> {
+        if self.store.get_conversation(WORLD_ID).await?.is_some() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let conv = Conversation {
+            id: WORLD_ID.into(),
+            r#type: 3,
+            name: Some("World".into()),
+            description: Some("The public room everyone can join".into()),
+            created_at_ms: now,
+            updated_at_ms: now,
+            ..Default::default()
+        };
+        self.store.create_conversation(&conv, &[]).await?;
+        Ok(())
+    }
+
+    async fn users_cached(&self, ids: &[i64]) -> Result<Vec<User>, Status> {
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.kv.get(&keys::user_info(*id)).await.map_err(kv_err)? {
+                Some(bytes) => match User::decode(bytes.as_ref()) {
+                    Ok(u) => found.push(u),
+                    // A broken cache entry is dropped and read again from the database.
+                    Err(_) => missing.push(*id),
+                },
+                None => missing.push(*id),
+            }
+        }
+        if !missing.is_empty() {
+            for mut u in self.store.get_users(&missing).await.map_err(db)? {
+                u.password_hash.clear();
+                self.kv.set(&keys::user_info(u.id), Bytes::from(u.encode_to_vec()), USER_CACHE_TTL).await.map_err(kv_err)?;
+                found.push(u);
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[tonic::async_trait]
+impl Repo for RepoService {
+    async fn create_user(&self, req: Request<CreateUserRequest>) -> R<User> {
+        let user = req.into_inner().user.ok_or_else(|| Status::invalid_argument("user missing"))?;
+        ok(self.store.create_user(&user).await.map_err(db)?)
+    }
+
+    async fn get_users(&self, req: Request<UserIds>) -> R<Users> {
+        ok(Users { users: self.users_cached(&req.into_inner().user_ids).await? })
+    }
+
+    async fn get_user_by_name(&self, req: Request<UserByNameRequest>) -> R<User> {
+        let name = req.into_inner().username;
+        self.store.get_user_by_name(&name).await.map_err(db)?.map(Response::new).ok_or_else(|| not_found("user"))
+    }
+
+    async fn update_user(&self, req: Request<UpdateUserRequest>) -> R<User> {
+        let r = req.into_inner();
+        let user = self
+            .store
+            .update_user_avatar(r.user_id, r.avatar_url.as_deref(), now_ms())
+            .await
+            .map_err(db)?
+            .ok_or_else(|| not_found("user"))?;
+        // Update the database, then delete the cache: a reader never keeps a stale copy for long.
+        self.kv.del(&[keys::user_info(r.user_id)]).await.map_err(kv_err)?;
+        ok(user)
+    }
+
+    async fn search_users(&self, req: Request<SearchUsersRequest>) -> R<Users> {
+        let r = req.into_inner();
+        ok(Users { users: self.store.search_users(&r.query, limit(r.limit, 10, 20)).await.map_err(db)? })
+    }
+
+    async fn create_conversation(&self, req: Request<CreateConversationRequest>) -> R<CreateConversationResponse> {
+        let r = req.into_inner();
+        let conv = r.conversation.ok_or_else(|| Status::invalid_argument("conversation missing"))?;
+        let (conversation, created) = self.store.create_conversation(&conv, &r.members).await.map_err(db)?;
+        ok(CreateConversationResponse { conversation: Some(conversation), created })
+    }
+
+    async fn get_conversation(&self, req: Request<ConversationId>) -> R<Conversation> {
+        let id = req.into_inner().conversation_id;
+        self.store.get_conversation(&id).await.map_err(db)?.map(Response::new).ok_or_else(|| not_found("conversation"))
+    }
+
+    async fn update_conversation(&self, req: Request<UpdateConversationRequest>) -> R<Conversation> {
+        let r = req.into_inner();
+        self.store
+            .update_conversation(&r.conversation_id, r.name.as_deref(), r.avatar_url.as_deref(), r.description.as_deref(), now_ms())
+            .await
+            .map_err(db)?
+            .map(Response::new)
+            .ok_or_else(|| not_found("conversation"))
+    }
+
+    async fn list_user_conversations(&self, req: Request<ListUserConversationsRequest>) -> R<ConversationPage> {
+        let r = req.into_inner();
+        let size = limit(r.size, 20, 100);
+        let page = r.page.max(1) as u32;
+        let p = self.store.list_user_conversations(r.user_id, (page - 1) * size, size, r.r#type).await.map_err(db)?;
+        ok(ConversationPage { conversations: p.items, has_more: p.has_more })
+    }
+
+    async fn get_member(&self, req: Request<MemberKey>) -> R<Member> {
+        let r = req.into_inner();
+        self.store.get_member(&r.conversation_id, r.user_id).await.map_err(db)?.map(Response::new).ok_or_else(|| not_found("member"))
+    }
+
+    async fn list_members(&self, req: Request<ListMembersRequest>) -> R<MemberPage> {
+        let r = req.into_inner();
+        let size = limit(r.size, 50, 200);
+        let page = r.page.max(1) as u32;
+        let p = self.store.list_members(&r.conversation_id, (page - 1) * size, size, r.role).await.map_err(db)?;
+        ok(MemberPage { members: p.items, has_more: p.has_more })
+    }
+
+    async fn list_member_ids(&self, req: Request<ListMemberIdsRequest>) -> R<MemberIdPage> {
+        let r = req.into_inner();
+        let p = self.store.list_member_ids(&r.conversation_id, r.after_user_id, limit(r.limit, 1000, 10_000)).await.map_err(db)?;
+        ok(MemberIdPage { user_ids: p.items, has_more: p.has_more })
+    }
+
+    async fn add_members(&self, req: Request<AddMembersRequest>) -> R<AddMembersResponse> {
+        let r = req.into_inner();
+        let (added, count) = self.store.add_members(&r.conversation_id, &r.members).await.map_err(db)?;
+        ok(AddMembersResponse { added_user_ids: added, member_count: count })
+    }
+
+    async fn remove_member(&self, req: Request<MemberKey>) -> R<RemoveMemberResponse> {
+        let r = req.into_inner();
+        let (removed, count) = self.store.remove_member(&r.conversation_id, r.user_id).await.map_err(db)?;
+        ok(RemoveMemberResponse { removed, member_count: count })
+    }
+
+    async fn update_member_role(&self, req: Request<UpdateMemberRoleRequest>) -> R<Member> {
+        let r = req.into_inner();
+        self.store
+            .update_member_role(&r.conversation_id, r.user_id, r.role, now_ms())
+            .await
+            .map_err(db)?
+            .map(Response::new)
+            .ok_or_else(|| not_found("member"))
+    }
+
+    async fn batch_save_messages(&self, req: Request<BatchSaveMessagesRequest>) -> R<BatchSaveMessagesResponse> {
+        let r = req.into_inner();
+        let out = self.store.save_messages(&r.messages).await.map_err(db)?;
+        // A sender has read their own messages: move their pointers along.
+        let mut own: std::collections::BTreeMap<(i64, &str), i64> = std::collections::BTreeMap::new();
+        for m in &r.messages {
+            let e = own.entry((m.sender_id, m.conversation_id.as_str())).or_default();
+            *e = (*e).max(m.seq_id);
+        }
+        let now = now_ms();
+        for ((sender, conv), seq) in own {
+            self.store.update_read_pointer(sender, conv, seq, now).await.map_err(db)?;
+        }
+        ok(BatchSaveMessagesResponse { inserted: out.inserted as i32, duplicates: out.duplicates as i32 })
+    }
+
+    async fn get_history(&self, req: Request<HistoryRequest>) -> R<HistoryResponse> {
+        let r = req.into_inner();
+        let dir = match r.after_seq {
+            Some(after) => HistoryDirection::After(after),
+            None => HistoryDirection::Before(r.before_seq),
+        };
+        let p = self.store.history(&r.conversation_id, dir, limit(r.limit, 50, 100)).await.map_err(db)?;
+        ok(HistoryResponse { messages: p.items, has_more: p.has_more })
+    }
+
+    async fn find_message_by_client_id(&self, req: Request<ClientMsgKey>) -> R<FindMessageResponse> {
+        let r = req.into_inner();
+        ok(FindMessageResponse { message: self.store.find_message_by_client_id(r.sender_id, &r.client_msg_id).await.map_err(db)? })
+    }
+
+    async fn update_read_pointer(&self, req: Request<ReadPointerRequest>) -> R<ReadPointerResponse> {
+        let r = req.into_inner();
+        let conv = self.store.get_conversation(&r.conversation_id).await.map_err(db)?.ok_or_else(|| not_found("conversation"))?;
+        // Not capped at `last_seq_id`: storage lags the live seq counter, and a
+        // client may mark a message read that it received before it was stored.
+        let (last_read, moved) = self.store.update_read_pointer(r.user_id, &r.conversation_id, r.seq_id, now_ms()).await.map_err(db)?;
+        ok(ReadPointerResponse { last_read_seq_id: last_read, unread_count: (conv.last_seq_id - last_read).max(0), moved })
+    }
+
+    async fn create_friend_request(&self, req: Request<CreateFriendRequestRequest>) -> R<gochat_proto::common::FriendRequest> {
+        let r = req.into_inner();
+        let now = now_ms();
+        let fr = gochat_proto::common::FriendRequest {
+            id: r.id,
+            requester_id: r.requester_id,
+            target_id: r.target_id,
+            status: 0,
+            message: r.message,
+            created_at_ms: now,
+            updated_at_ms: now,
+            requester: None,
+            target: None,
+        };
+        ok(self.store.create_friend_request(&fr).await.map_err(db)?)
+    }
+
+    async fn get_friend_request(&self, req: Request<FriendRequestId>) -> R<gochat_proto::common::FriendRequest> {
+        let id = req.into_inner().id;
+        self.store.get_friend_request(id).await.map_err(db)?.map(Response::new).ok_or_else(|| not_found("friend request"))
+    }
+
+    async fn list_friend_requests(&self, req: Request<ListFriendRequestsRequest>) -> R<FriendRequests> {
+        let r = req.into_inner();
+        ok(FriendRequests { requests: self.store.list_friend_requests(r.user_id, r.received, r.status).await.map_err(db)? })
+    }
+
+    async fn set_friend_request_status(&self, req: Request<SetFriendRequestStatusRequest>) -> R<gochat_proto::common::FriendRequest> {
+        let r = req.into_inner();
+        self.store
+            .set_friend_request_status(r.id, r.status, now_ms())
+            .await
+            .map_err(db)?
+            .map(Response::new)
+            .ok_or_else(|| not_found("friend request"))
+    }
+
+    async fn list_friends(&self, req: Request<UserId>) -> R<Friends> {
+        let user = req.into_inner().user_id;
+        let mut friends = self.store.list_friends(user).await.map_err(db)?;
+        let ids: Vec<i64> = friends.iter().map(|f| f.friend_id).collect();
+        let online: std::collections::HashSet<i64> =
+            self.kv.presence_get(&ids).await.map_err(kv_err)?.into_iter().map(|e| e.user_id).collect();
+        for f in &mut friends {
+            f.online = online.contains(&f.friend_id);
+        }
+        ok(Friends { friends })
+    }
+
+    async fn are_friends(&self, req: Request<UserPair>) -> R<BoolValue> {
+        let r = req.into_inner();
+        ok(BoolValue { value: self.store.are_friends(r.a, r.b).await.map_err(db)? })
+    }
+
+    async fn next_seq(&self, req: Request<ConversationId>) -> R<SeqValue> {
+        let id = req.into_inner().conversation_id;
+        if let Some(seq) = self.kv.seq_incr(&id).await.map_err(kv_err)? {
+            return ok(SeqValue { seq_id: seq });
+        }
+        // Missing counter (first use, or the KV store lost it): seed it from
+        // the highest stored seq. SET NX keeps concurrent seeders consistent.
+        let conv = self.store.get_conversation(&id).await.map_err(db)?.ok_or_else(|| not_found("conversation"))?;
+        self.kv.seq_seed(&id, conv.last_seq_id).await.map_err(kv_err)?;
+        let seq =
+            self.kv.seq_incr(&id).await.map_err(kv_err)?.ok_or_else(|| AppError::unavailable("sequence counter vanished").to_status())?;
+        ok(SeqValue { seq_id: seq })
+    }
+
+    async fn claim_idempotency(&self, req: Request<IdempotencyClaim>) -> R<IdempotencyResult> {
+        let r = req.into_inner();
+        let key = keys::idempotency(r.user_id, &r.client_msg_id);
+        let ttl = Duration::from_millis(r.ttl_ms.max(1000) as u64);
+        // Value: empty while the first send is in flight, then "message_id:seq_id".
+        match self.kv.set_nx(&key, Bytes::new(), ttl).await.map_err(kv_err)? {
+            None => {
+                // Not in the KV store; the message may still be stored from before
+                // the KV store lost its keys (restart). The database is the truth.
+                if let Some(m) = self.store.find_message_by_client_id(r.user_id, &r.client_msg_id).await.map_err(db)? {
+                    let v = format!("{}:{}", m.id, m.seq_id);
+                    self.kv.set(&key, Bytes::from(v), ttl).await.map_err(kv_err)?;
+                    return ok(IdempotencyResult { claimed: false, message_id: m.id, seq_id: m.seq_id, pending: false });
+                }
+                ok(IdempotencyResult { claimed: true, ..Default::default() })
+            }
+            Some(v) if v.is_empty() => ok(IdempotencyResult { claimed: false, pending: true, ..Default::default() }),
+            Some(v) => {
+                let parsed = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.split_once(':'))
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+                match parsed {
+                    Some((message_id, seq_id)) => ok(IdempotencyResult { claimed: false, message_id, seq_id, pending: false }),
+                    None => Err(AppError::internal("corrupt idempotency record").to_status()),
+                }
+            }
+        }
+    }
+
+    async fn set_idempotency(&self, req: Request<IdempotencyRecord>) -> R<Empty> {
+        let r = req.into_inner();
+        let key = keys::idempotency(r.user_id, &r.client_msg_id);
+        if r.release {
+            self.kv.del(&[key]).await.map_err(kv_err)?;
+        } else {
+            let ttl = Duration::from_millis(r.ttl_ms.max(1000) as u64);
+            self.kv.set(&key, Bytes::from(format!("{}:{}", r.message_id, r.seq_id)), ttl).await.map_err(kv_err)?;
+        }
+        ok(Empty {})
+    }
+
+    async fn presence_online(&self, req: Request<PresenceChange>) -> R<PresenceCount> {
+        let r = req.into_inner();
+        let entry = r.entry.ok_or_else(|| Status::invalid_argument("entry missing"))?;
+        let n = self.kv.presence_add(&entry, Duration::from_millis(r.ttl_ms.max(1000) as u64)).await.map_err(kv_err)?;
+        ok(PresenceCount { connections: n as i64 })
+    }
+
+    async fn presence_offline(&self, req: Request<PresenceChange>) -> R<PresenceCount> {
+        let r = req.into_inner();
+        let entry = r.entry.ok_or_else(|| Status::invalid_argument("entry missing"))?;
+        let n = self.kv.presence_remove(entry.user_id, &entry.conn_id).await.map_err(kv_err)?;
+        ok(PresenceCount { connections: n as i64 })
+    }
+
+    async fn presence_refresh(&self, req: Request<PresenceRefreshRequest>) -> R<Empty> {
+        let r = req.into_inner();
+        self.kv.presence_refresh(&r.entries, Duration::from_millis(r.ttl_ms.max(1000) as u64)).await.map_err(kv_err)?;
+        ok(Empty {})
+    }
+
+    async fn get_presence(&self, req: Request<UserIds>) -> R<PresenceResponse> {
+        let ids = req.into_inner().user_ids;
+        ok(PresenceResponse { entries: self.kv.presence_get(&ids).await.map_err(kv_err)? })
+    }
+
+    async fn revoke_token(&self, req: Request<RevokeTokenRequest>) -> R<Empty> {
+        let r = req.into_inner();
+        let ttl_ms = (r.expires_at_ms - now_ms()).max(1000) as u64;
+        self.kv
+            .set(&keys::revoked(&r.jti), Bytes::from(r.expires_at_ms.to_string()), Duration::from_millis(ttl_ms))
+            .await
+            .map_err(kv_err)?;
+        ok(Empty {})
+    }
+
+    async fn is_token_revoked(&self, req: Request<TokenId>) -> R<BoolValue> {
+        let jti = req.into_inner().jti;
+        ok(BoolValue { value: self.kv.get(&keys::revoked(&jti)).await.map_err(kv_err)?.is_some() })
+    }
+
+    async fn list_revoked_tokens(&self, _req: Request<Empty>) -> R<RevokedTokens> {
+        let rows = self.kv.scan_prefix(keys::REVOKED_PREFIX).await.map_err(kv_err)?;
+        let tokens = rows
+            .into_iter()
+            .map(|(k, v)| RevokeTokenRequest {
+                jti: k.trim_start_matches(keys::REVOKED_PREFIX).to_string(),
+                expires_at_ms: std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+            })
+            .collect();
+        ok(RevokedTokens { tokens })
+    }
+}

@@ -1,0 +1,61 @@
+//! Presence, sequence counters, idempotency keys, token revocation and
+//! caches: the Redis side of DATA.md. [`memory::MemoryKv`] is the embedded
+//! implementation; the distributed mode implements the same trait on Redis.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gochat_proto::common::PresenceEntry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("kv backend error: {0}")]
+    Backend(String),
+}
+
+pub type KvResult<T> = Result<T, KvError>;
+
+#[async_trait]
+pub trait Kv: Send + Sync + 'static {
+    /// `INCR conv:seq:{conv}` when the counter exists; `None` when it is
+    /// missing (the caller seeds it from the store and calls again).
+    async fn seq_incr(&self, conversation_id: &str) -> KvResult<Option<i64>>;
+    /// Sets the counter to `value` if it is missing (`SET NX`).
+    async fn seq_seed(&self, conversation_id: &str, value: i64) -> KvResult<()>;
+
+    /// `SET key value NX PX ttl`: `None` when this call took the key,
+    /// otherwise the value that holds it.
+    async fn set_nx(&self, key: &str, value: Bytes, ttl: Duration) -> KvResult<Option<Bytes>>;
+    /// `SET key value PX ttl`.
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> KvResult<()>;
+    async fn get(&self, key: &str) -> KvResult<Option<Bytes>>;
+    async fn del(&self, keys: &[String]) -> KvResult<()>;
+    /// Keys with this prefix and their values (small key spaces only, e.g. revocations).
+    async fn scan_prefix(&self, prefix: &str) -> KvResult<Vec<(String, Bytes)>>;
+
+    /// `HSET user:online:{user} conn gateway` + expiry; returns the number of live connections.
+    async fn presence_add(&self, entry: &PresenceEntry, ttl: Duration) -> KvResult<usize>;
+    /// `HDEL`; returns the number of live connections left.
+    async fn presence_remove(&self, user_id: i64, conn_id: &str) -> KvResult<usize>;
+    /// Re-adds the entries and extends their expiry (heartbeat).
+    async fn presence_refresh(&self, entries: &[PresenceEntry], ttl: Duration) -> KvResult<()>;
+    /// Live connections of these users.
+    async fn presence_get(&self, user_ids: &[i64]) -> KvResult<Vec<PresenceEntry>>;
+}
+
+/// Key names (DATA.md "Redis keys").
+pub mod keys {
+    pub fn idempotency(user_id: i64, client_msg_id: &str) -> String {
+        format!("msg:idem:{user_id}:{client_msg_id}")
+    }
+    pub const REVOKED_PREFIX: &str = "token:revoked:";
+    pub fn revoked(jti: &str) -> String {
+        format!("{REVOKED_PREFIX}{jti}")
+    }
+    pub fn user_info(user_id: i64) -> String {
+        format!("user:info:{user_id}")
+    }
+}

@@ -1,0 +1,250 @@
+//! The embedded [`Store`]: SQLite through sqlx.
+//!
+//! # Layout
+//! - this file: opening the database (pragmas, pool, migrations), the
+//!   [`Store`] impl (a thin delegation table) and the helpers every query
+//!   uses (error mapping, paging, write transactions);
+//! - [`rows`]: column lists and row decoders, shared by all queries;
+//! - `users`, `conversations` (conversations and members), `messages`
+//!   (messages and read pointers) and `friends`: the queries, one file per
+//!   area of the trait.
+//!
+//! # Why it looks like this
+//! - Every write transaction starts with `BEGIN IMMEDIATE`. A deferred SQLite
+//!   transaction that reads and then writes can fail with `SQLITE_BUSY`
+//!   without waiting on the busy timeout (the lock upgrade would deadlock);
+//!   taking the write lock up front makes writers queue on `busy_timeout`
+//!   instead, and makes read-then-write sequences (pair-key dedupe, friend
+//!   request rules) race-free.
+//! - All SQL is literal (`&'static str`) with bound parameters, so user input
+//!   never becomes SQL text. The only dynamic input lists (`get_users`) are
+//!   passed as one JSON array and expanded with `json_each`.
+//! - Times are INTEGER Unix milliseconds, exactly the proto's `*_ms` fields.
+
+mod conversations;
+mod friends;
+mod messages;
+mod rows;
+mod users;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gochat_proto::common::{Conversation, Friend, FriendRequest, Member, Message, User};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use super::{HistoryDirection, Page, SaveOutcome, Store, StoreError, StoreResult};
+
+/// Upper bound of every page size; larger requests are clamped.
+pub const MAX_PAGE: u32 = 1000;
+
+/// How long a statement waits for the write lock before `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections of a file-backed store. SQLite has a single writer anyway;
+/// a few connections let readers run beside it under WAL.
+const POOL_SIZE: u32 = 4;
+
+/// The SQLite implementation of [`Store`]. Cheap to clone (the pool is an `Arc`).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if missing) the database file at `path`, with WAL,
+    /// `synchronous=NORMAL`, foreign keys and a 5 s busy timeout, and runs the
+    /// migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        // `data/gochat.db` on a fresh machine: SQLite creates the file, not
+        // the directory.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new().max_connections(POOL_SIZE).connect_with(options).await?;
+        Self::migrated(pool).await
+    }
+
+    /// A private in-memory database, for tests.
+    ///
+    /// Every in-memory SQLite connection is its own database, so the pool has
+    /// exactly one connection that never expires (an expired connection would
+    /// take the data with it). Nothing in this module holds one connection
+    /// while acquiring another, so one connection cannot deadlock.
+    pub async fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::new().filename(":memory:").in_memory(true).foreign_keys(true).busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Self::migrated(pool).await
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<SqliteStore, StoreError> {
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The underlying pool (health checks, ad-hoc maintenance).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// A write transaction holding SQLite's write lock from the start.
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// Maps a sqlx error that no caller-specific rule claimed: foreign-key
+/// violations mean the input referenced a missing row, everything else is
+/// the database's problem.
+pub(super) fn db_err(e: sqlx::Error) -> StoreError {
+    if let Some(db) = e.as_database_error()
+        && matches!(db.kind(), sqlx::error::ErrorKind::ForeignKeyViolation)
+    {
+        return StoreError::Invalid("referenced user or conversation does not exist".into());
+    }
+    StoreError::Backend(e)
+}
+
+/// Whether `e` is a unique or primary-key violation.
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|db| db.is_unique_violation())
+}
+
+/// `limit` clamped to `1..=MAX_PAGE`, as bound to SQL.
+fn page_limit(limit: u32) -> i64 {
+    i64::from(limit.clamp(1, MAX_PAGE))
+}
+
+/// Turns `limit + 1` fetched rows into a page: the extra row only says that
+/// more follow.
+fn into_page<T>(mut items: Vec<T>, limit: i64) -> Page<T> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    Page { items, has_more }
+}
+
+/// Rejects strings longer than their MySQL column so both engines agree
+/// (SQLite would store them, strict MySQL would not).
+fn check_len(what: &str, value: &str, max: usize) -> StoreResult<()> {
+    if value.chars().count() > max {
+        return Err(StoreError::Invalid(format!("{what} longer than {max} characters")));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, user: &User) -> StoreResult<User> {
+        self.create_user_impl(user).await
+    }
+    async fn get_users(&self, ids: &[i64]) -> StoreResult<Vec<User>> {
+        self.get_users_impl(ids).await
+    }
+    async fn get_user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
+        self.get_user_by_name_impl(username).await
+    }
+    async fn update_user_avatar(&self, id: i64, avatar_url: Option<&str>, now_ms: i64) -> StoreResult<Option<User>> {
+        self.update_user_avatar_impl(id, avatar_url, now_ms).await
+    }
+    async fn search_users(&self, query: &str, limit: u32) -> StoreResult<Vec<User>> {
+        self.search_users_impl(query, limit).await
+    }
+
+    async fn create_conversation(&self, conv: &Conversation, members: &[Member]) -> StoreResult<(Conversation, bool)> {
+        self.create_conversation_impl(conv, members).await
+    }
+    async fn get_conversation(&self, id: &str) -> StoreResult<Option<Conversation>> {
+        self.get_conversation_impl(id).await
+    }
+    async fn update_conversation(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        avatar_url: Option<&str>,
+        description: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<Option<Conversation>> {
+        self.update_conversation_impl(id, name, avatar_url, description, now_ms).await
+    }
+    async fn list_user_conversations(
+        &self,
+        user_id: i64,
+        offset: u32,
+        limit: u32,
+        conv_type: Option<i32>,
+    ) -> StoreResult<Page<Conversation>> {
+        self.list_user_conversations_impl(user_id, offset, limit, conv_type).await
+    }
+    async fn get_member(&self, conversation_id: &str, user_id: i64) -> StoreResult<Option<Member>> {
+        self.get_member_impl(conversation_id, user_id).await
+    }
+    async fn list_members(&self, conversation_id: &str, offset: u32, limit: u32, role: Option<i32>) -> StoreResult<Page<Member>> {
+        self.list_members_impl(conversation_id, offset, limit, role).await
+    }
+    async fn list_member_ids(&self, conversation_id: &str, after_user_id: i64, limit: u32) -> StoreResult<Page<i64>> {
+        self.list_member_ids_impl(conversation_id, after_user_id, limit).await
+    }
+    async fn add_members(&self, conversation_id: &str, members: &[Member]) -> StoreResult<(Vec<i64>, i64)> {
+        self.add_members_impl(conversation_id, members).await
+    }
+    async fn remove_member(&self, conversation_id: &str, user_id: i64) -> StoreResult<(bool, i64)> {
+        self.remove_member_impl(conversation_id, user_id).await
+    }
+    async fn update_member_role(&self, conversation_id: &str, user_id: i64, role: i32, now_ms: i64) -> StoreResult<Option<Member>> {
+        self.update_member_role_impl(conversation_id, user_id, role, now_ms).await
+    }
+
+    async fn save_messages(&self, messages: &[Message]) -> StoreResult<SaveOutcome> {
+        self.save_messages_impl(messages).await
+    }
+    async fn history(&self, conversation_id: &str, direction: HistoryDirection, limit: u32) -> StoreResult<Page<Message>> {
+        self.history_impl(conversation_id, direction, limit).await
+    }
+    async fn find_message_by_client_id(&self, sender_id: i64, client_msg_id: &str) -> StoreResult<Option<Message>> {
+        self.find_message_by_client_id_impl(sender_id, client_msg_id).await
+    }
+    async fn update_read_pointer(&self, user_id: i64, conversation_id: &str, seq_id: i64, now_ms: i64) -> StoreResult<(i64, bool)> {
+        self.update_read_pointer_impl(user_id, conversation_id, seq_id, now_ms).await
+    }
+
+    async fn create_friend_request(&self, req: &FriendRequest) -> StoreResult<FriendRequest> {
+        self.create_friend_request_impl(req).await
+    }
+    async fn get_friend_request(&self, id: i64) -> StoreResult<Option<FriendRequest>> {
+        self.get_friend_request_impl(id).await
+    }
+    async fn list_friend_requests(&self, user_id: i64, received: bool, status: Option<i32>) -> StoreResult<Vec<FriendRequest>> {
+        self.list_friend_requests_impl(user_id, received, status).await
+    }
+    async fn set_friend_request_status(&self, id: i64, status: i32, now_ms: i64) -> StoreResult<Option<FriendRequest>> {
+        self.set_friend_request_status_impl(id, status, now_ms).await
+    }
+    async fn list_friends(&self, user_id: i64) -> StoreResult<Vec<Friend>> {
+        self.list_friends_impl(user_id).await
+    }
+    async fn are_friends(&self, a: i64, b: i64) -> StoreResult<bool> {
+        self.are_friends_impl(a, b).await
+    }
+    async fn friend_ids(&self, user_id: i64) -> StoreResult<Vec<i64>> {
+        self.friend_ids_impl(user_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests;
