@@ -11,7 +11,10 @@ pub fn load_or_create(dir: &Path) -> std::io::Result<String> {
     match std::fs::read_to_string(&path) {
         Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().to_string()),
         Ok(_) => {
-            return Err(std::io::Error::other(format!("{} is shorter than 32 characters; delete it to generate a new one", path.display())));
+            return Err(std::io::Error::other(format!(
+                "{} is shorter than 32 characters; delete it to generate a new one",
+                path.display()
+            )));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),

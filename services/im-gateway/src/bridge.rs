@@ -143,10 +143,10 @@ pub fn apply_downstream(gateway_id: &str, pusher: &Pusher, m: DownstreamMessage)
     let users: Arc<[u64]> = m.target_user_ids.iter().map(|u| *u as u64).collect();
     match m.payload {
         Some(Payload::Message(msg)) => {
-            if let Some(ack) = &m.ack {
-                if let Some(conn) = parse_conn_id(gateway_id, &ack.conn_id) {
-                    pusher.send_to(conn, frames::ack(ack.client_msg_id.as_deref(), ack.message_id, ack.seq_id));
-                }
+            if let Some(ack) = &m.ack
+                && let Some(conn) = parse_conn_id(gateway_id, &ack.conn_id)
+            {
+                pusher.send_to(conn, frames::ack(ack.client_msg_id.as_deref(), ack.message_id, ack.seq_id));
             }
             if !users.is_empty() {
                 pusher.deliver(users, exclude, frames::new_message(&msg));
@@ -183,10 +183,10 @@ pub async fn run_downstream(bus: Arc<dyn Bus>, gateway_id: String, pusher: Pushe
                 Err(e) => tracing::error!(offset = r.offset, error = %e, "undecodable downstream record skipped"),
             }
         }
-        if !records.is_empty() {
-            if let Err(e) = consumer.commit(&records).await {
-                tracing::warn!(error = %e, "downstream commit failed");
-            }
+        if !records.is_empty()
+            && let Err(e) = consumer.commit(&records).await
+        {
+            tracing::warn!(error = %e, "downstream commit failed");
         }
     }
     Ok(())
@@ -207,10 +207,10 @@ pub async fn run_user_events(bus: Arc<dyn Bus>, gateway_id: String, revoked: Rev
                 revoked.insert(&t.jti, t.expires_at_ms);
             }
         }
-        if !records.is_empty() {
-            if let Err(e) = consumer.commit(&records).await {
-                tracing::warn!(error = %e, "user-events commit failed");
-            }
+        if !records.is_empty()
+            && let Err(e) = consumer.commit(&records).await
+        {
+            tracing::warn!(error = %e, "user-events commit failed");
         }
     }
     Ok(())

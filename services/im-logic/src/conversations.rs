@@ -34,10 +34,10 @@ fn check_len(field: &str, v: &Option<String>, max: usize) -> AppResult<()> {
 impl Logic {
     pub async fn list_conversations(&self, q: ListConversationsRequest) -> AppResult<ConversationList> {
         let c = caller(q.caller)?;
-        if let Some(t) = q.r#type {
-            if !(1..=3).contains(&t) {
-                return Err(AppError::validation("type must be 1, 2 or 3"));
-            }
+        if let Some(t) = q.r#type
+            && !(1..=3).contains(&t)
+        {
+            return Err(AppError::validation("type must be 1, 2 or 3"));
         }
         let req = r::ListUserConversationsRequest { user_id: c.user_id, page: q.page, size: q.size, r#type: q.r#type };
         let page = rpc(self.repo.list_user_conversations(Request::new(req))).await?;
@@ -219,10 +219,10 @@ impl Logic {
 
     pub async fn list_members(&self, q: ListMembersRequest) -> AppResult<MemberList> {
         let c = caller(q.caller)?;
-        if let Some(role) = q.role {
-            if !(MEMBER..=OWNER).contains(&role) {
-                return Err(AppError::validation("role must be 1, 2 or 3"));
-            }
+        if let Some(role) = q.role
+            && !(MEMBER..=OWNER).contains(&role)
+        {
+            return Err(AppError::validation("role must be 1, 2 or 3"));
         }
         let (conv, _) = self.member_view(&c, &q.conversation_id).await?;
         let req = r::ListMembersRequest { conversation_id: conv.id, page: q.page, size: q.size, role: q.role };

@@ -34,10 +34,10 @@ impl Logic {
 
     pub async fn list_friend_requests(&self, q: ListFriendRequestsRequest) -> AppResult<FriendRequestList> {
         let c = caller(q.caller)?;
-        if let Some(s) = q.status {
-            if !(0..=3).contains(&s) {
-                return Err(AppError::validation("status must be 0-3"));
-            }
+        if let Some(s) = q.status
+            && !(0..=3).contains(&s)
+        {
+            return Err(AppError::validation("status must be 0-3"));
         }
         let req = gochat_proto::repo::ListFriendRequestsRequest { user_id: c.user_id, received: q.received, status: q.status };
         Ok(FriendRequestList { requests: rpc(self.repo.list_friend_requests(Request::new(req))).await?.requests })

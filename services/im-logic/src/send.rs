@@ -64,27 +64,27 @@ impl Logic {
         let sender = self.user(caller.user_id).await?.map(|u| User { password_hash: String::new(), ..u });
         let idem_ttl_ms = (self.config.chat.idempotency_ttl_secs * 1000) as i64;
 
-        if let Some(cid) = &client_msg_id {
-            if let Some((message_id, seq_id)) = self.claim(caller.user_id, cid, idem_ttl_ms).await? {
-                // A repeat: the same ack again, nothing stored or delivered twice.
-                self.metrics.messages_sent.with_label_values(&["duplicate"]).inc();
-                if let Some(ack) = ack_route(message_id, seq_id) {
-                    let payload = Payload::Message(Message { id: message_id, seq_id, ..Default::default() });
-                    push::push(self.bus.as_ref(), &conv.id, trace_id, &[], &payload, "", Some(&ack)).await?;
-                }
-                return Ok(Message {
-                    id: message_id,
-                    conversation_id: conv.id,
-                    sender_id: caller.user_id,
-                    message_type: r.message_type,
-                    content: r.content,
-                    seq_id,
-                    client_msg_id,
-                    created_at_ms: now_ms(),
-                    sender,
-                    ..Default::default()
-                });
+        if let Some(cid) = &client_msg_id
+            && let Some((message_id, seq_id)) = self.claim(caller.user_id, cid, idem_ttl_ms).await?
+        {
+            // A repeat: the same ack again, nothing stored or delivered twice.
+            self.metrics.messages_sent.with_label_values(&["duplicate"]).inc();
+            if let Some(ack) = ack_route(message_id, seq_id) {
+                let payload = Payload::Message(Message { id: message_id, seq_id, ..Default::default() });
+                push::push(self.bus.as_ref(), &conv.id, trace_id, &[], &payload, "", Some(&ack)).await?;
             }
+            return Ok(Message {
+                id: message_id,
+                conversation_id: conv.id,
+                sender_id: caller.user_id,
+                message_type: r.message_type,
+                content: r.content,
+                seq_id,
+                client_msg_id,
+                created_at_ms: now_ms(),
+                sender,
+                ..Default::default()
+            });
         }
 
         let result = self

@@ -43,10 +43,10 @@ impl Logic {
     pub async fn update_profile(&self, q: UpdateProfileRequest) -> AppResult<User> {
         let c = caller(q.caller)?;
         no_guests(&c)?;
-        if let Some(url) = &q.avatar_url {
-            if url.len() > 255 {
-                return Err(AppError::validation("avatarUrl must be at most 255 characters"));
-            }
+        if let Some(url) = &q.avatar_url
+            && url.len() > 255
+        {
+            return Err(AppError::validation("avatarUrl must be at most 255 characters"));
         }
         let avatar = q.avatar_url.filter(|u| !u.is_empty());
         rpc(self.repo.update_user(Request::new(r::UpdateUserRequest { user_id: c.user_id, avatar_url: avatar }))).await

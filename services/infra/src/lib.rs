@@ -18,6 +18,8 @@
 //! - [`shutdown`]: the one shutdown signal every component listens to.
 //! - [`codec`]: protobuf records on the bus, with trace ids.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod bus;
 pub mod codec;

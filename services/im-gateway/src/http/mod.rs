@@ -101,10 +101,10 @@ async fn track(State(state): State<HttpState>, req: Request, next: Next) -> Resp
 
 async fn rate_limit(State(state): State<HttpState>, req: Request, next: Next) -> Response {
     let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    if let Some(ip) = ip {
-        if state.ip_limiter.check_key(&ip).is_err() {
-            return ApiError(AppError::new(ErrorCode::RateLimited, "too many requests; slow down")).into_response();
-        }
+    if let Some(ip) = ip
+        && state.ip_limiter.check_key(&ip).is_err()
+    {
+        return ApiError(AppError::new(ErrorCode::RateLimited, "too many requests; slow down")).into_response();
     }
     next.run(req).await
 }

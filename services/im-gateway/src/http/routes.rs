@@ -33,7 +33,7 @@ pub fn api() -> Router<HttpState> {
         .route("/api/conversations/{id}/messages", get(history).post(send_message))
         .route("/api/conversations/{id}/read", put(mark_read))
         .route("/api/conversations/{id}/members", get(list_members).post(add_members))
-        .route("/api/conversations/{id}/members/{user_id}", put(update_member).delete(remove_member))
+        .route("/api/conversations/{id}/members/{userId}", put(update_member).delete(remove_member))
         .route("/api/friends/requests", get(list_friend_requests).post(send_friend_request))
         .route("/api/friends/requests/{id}", put(handle_friend_request))
         .route("/api/friends", get(list_friends))

@@ -67,10 +67,10 @@ impl Kv for MemoryKv {
     async fn set_nx(&self, key: &str, value: Bytes, ttl: Duration) -> KvResult<Option<Bytes>> {
         let now = Instant::now();
         let mut g = self.inner.lock();
-        if let Some((v, exp)) = g.values.get(key) {
-            if *exp > now {
-                return Ok(Some(v.clone()));
-            }
+        if let Some((v, exp)) = g.values.get(key)
+            && *exp > now
+        {
+            return Ok(Some(v.clone()));
         }
         g.values.insert(key.to_string(), (value, now + ttl));
         Ok(None)

@@ -1,0 +1,10 @@
+//! Integration tests: the real app over real HTTP and WebSocket.
+
+mod auth;
+mod conversations;
+mod durability;
+mod friends;
+mod helpers;
+mod http_contract;
+mod messaging;
+mod ws_protocol;
