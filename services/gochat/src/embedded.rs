@@ -107,6 +107,9 @@ pub async fn build(config: Config, shutdown: Shutdown) -> Result<App, StartError
 
     let repo_svc = im_repo::RepoService::new(Arc::new(store), kv);
     repo_svc.ensure_world().await?;
+    let revoked =
+        repo_svc.load_revocations().await.map_err(|e| StartError::Recovery(format!("cannot load token revocations: {}", e.message())))?;
+    tracing::debug!(revoked, "token revocations loaded");
     let repo: Arc<dyn Repo> = Arc::new(repo_svc);
 
     let task = im_task::Task::new(repo.clone(), bus_dyn.clone(), config.clone(), metrics.clone());
@@ -152,6 +155,11 @@ impl App {
 
     pub fn ws_addr(&self) -> std::net::SocketAddr {
         self.gateway.ws_addr()
+    }
+
+    /// The gateway's push service and id (admin tools, tests).
+    pub fn gateway_push(&self) -> (String, im_gateway::bridge::PushService) {
+        (self.gateway.gateway_id().to_string(), self.gateway.push_service())
     }
 
     pub fn shutdown_handle(&self) -> Shutdown {

@@ -46,7 +46,24 @@ const EXIT_UNAVAILABLE: u8 = 69;
 const EXIT_FAILED: u8 = 70;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+        Err(e) => {
+            // One line, like every other configuration error.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("gochat: invalid arguments: {first} (see gochat --help)");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
     match cli.command {
         Command::Up(args) => up(args),
     }

@@ -180,7 +180,13 @@ pub async fn run_downstream(bus: Arc<dyn Bus>, gateway_id: String, pusher: Pushe
         for r in &records {
             match codec::decode::<DownstreamMessage>(r) {
                 Ok(m) => apply_downstream(&gateway_id, &pusher, m),
-                Err(e) => tracing::error!(offset = r.offset, error = %e, "undecodable downstream record skipped"),
+                Err(e) => {
+                    tracing::error!(offset = r.offset, error = %e, "undecodable downstream record dead-lettered");
+                    let group = groups::gateway_downstream(&gateway_id);
+                    if let Err(e) = bus.produce(vec![codec::dead_letter(r, &group, &format!("undecodable DownstreamMessage: {e}"))]).await {
+                        tracing::error!(error = %e, "dead-letter produce failed");
+                    }
+                }
             }
         }
         if !records.is_empty()
@@ -214,4 +220,31 @@ pub async fn run_user_events(bus: Arc<dyn Bus>, gateway_id: String, revoked: Rev
         }
     }
     Ok(())
+}
+
+/// The gateway's `Gateway.Push` gRPC service: applies a downstream record
+/// exactly as if it had come from this gateway's topic.
+#[derive(Clone)]
+pub struct PushService {
+    gateway_id: String,
+    pusher: Pusher,
+}
+
+impl PushService {
+    pub fn new(gateway_id: String, pusher: Pusher) -> Self {
+        Self { gateway_id, pusher }
+    }
+}
+
+#[tonic::async_trait]
+impl gochat_proto::gateway::gateway_server::Gateway for PushService {
+    async fn push(&self, req: Request<DownstreamMessage>) -> Result<tonic::Response<gochat_proto::gateway::PushResponse>, tonic::Status> {
+        let m = req.into_inner();
+        if m.payload.is_none() {
+            return Err(AppError::validation("payload missing").to_status());
+        }
+        let target_users = m.target_user_ids.len() as u32;
+        apply_downstream(&self.gateway_id, &self.pusher, m);
+        Ok(tonic::Response::new(gochat_proto::gateway::PushResponse { target_users }))
+    }
 }

@@ -68,6 +68,7 @@ pub struct Gateway {
     ws_addr: SocketAddr,
     gateway_id: String,
     engine: Arc<Mutex<Option<EngineHandle>>>,
+    push: bridge::PushService,
     http: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
     shutdown: Shutdown,
@@ -119,6 +120,7 @@ impl Gateway {
             .map_err(|_| GatewayError::Interrupted)??;
         let ws_addr = engine.local_addr();
         let pusher = engine.pusher();
+        let push = bridge::PushService::new(deps.gateway_id.clone(), pusher.clone());
         let engine = Arc::new(Mutex::new(Some(engine)));
 
         let mut tasks = Vec::new();
@@ -171,7 +173,7 @@ impl Gateway {
             }
         });
         tracing::info!(%http_addr, %ws_addr, gateway_id = %deps.gateway_id, shards, "gateway listening");
-        Ok(Gateway { http_addr, ws_addr, gateway_id: deps.gateway_id, engine, http, tasks, shutdown })
+        Ok(Gateway { http_addr, ws_addr, gateway_id: deps.gateway_id, engine, push, http, tasks, shutdown })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -184,6 +186,11 @@ impl Gateway {
 
     pub fn gateway_id(&self) -> &str {
         &self.gateway_id
+    }
+
+    /// This gateway's `Gateway.Push` service (served over gRPC in the distributed mode).
+    pub fn push_service(&self) -> bridge::PushService {
+        self.push.clone()
     }
 
     /// Waits for shutdown, then stops HTTP, closes every WebSocket (1001),

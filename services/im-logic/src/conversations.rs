@@ -169,7 +169,7 @@ impl Logic {
             return Err(AppError::validation("use either cursor or after, not both"));
         }
         if !(0..=100).contains(&q.limit) {
-            return Err(AppError::validation("limit must be 1-100"));
+            return Err(AppError::validation("limit must be 1-100 (0 for the default)"));
         }
         let (conv, _) = self.member_view(&c, &q.conversation_id).await?;
         let req = r::HistoryRequest { conversation_id: conv.id, before_seq: q.cursor, after_seq: q.after, limit: q.limit };

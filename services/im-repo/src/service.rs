@@ -73,6 +73,18 @@ impl RepoService {
         Ok(())
     }
 
+    /// Copies the revocations kept in the store into the KV store (the
+    /// embedded KV store starts empty after a restart).
+    pub async fn load_revocations(&self) -> Result<usize, Status> {
+        let now = now_ms();
+        let rows = self.store.revoked_tokens(now).await.map_err(db)?;
+        for (jti, exp) in &rows {
+            let ttl = Duration::from_millis((exp - now).max(1000) as u64);
+            self.kv.set(&keys::revoked(jti), Bytes::from(exp.to_string()), ttl).await.map_err(kv_err)?;
+        }
+        Ok(rows.len())
+    }
+
     async fn users_cached(&self, ids: &[i64]) -> Result<Vec<User>, Status> {
         let mut found = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
@@ -379,7 +391,10 @@ impl Repo for RepoService {
 
     async fn revoke_token(&self, req: Request<RevokeTokenRequest>) -> R<Empty> {
         let r = req.into_inner();
-        let ttl_ms = (r.expires_at_ms - now_ms()).max(1000) as u64;
+        let now = now_ms();
+        // The store first: a revocation is not reported done until it would survive a restart.
+        self.store.revoke_token(&r.jti, r.expires_at_ms, now).await.map_err(db)?;
+        let ttl_ms = (r.expires_at_ms - now).max(1000) as u64;
         self.kv
             .set(&keys::revoked(&r.jti), Bytes::from(r.expires_at_ms.to_string()), Duration::from_millis(ttl_ms))
             .await

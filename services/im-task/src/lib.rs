@@ -26,7 +26,7 @@ use gochat_infra::telemetry::Metrics;
 use gochat_infra::{codec, push, rpc};
 use gochat_proto::events::{FanoutTask, PersistMessage, downstream_message::Payload};
 use gochat_proto::repo::repo_server::Repo;
-use gochat_proto::repo::{BatchSaveMessagesRequest, ListMemberIdsRequest, UserIds};
+use gochat_proto::repo::{BatchSaveMessagesRequest, BatchSaveMessagesResponse, ListMemberIdsRequest, UserIds};
 use tonic::Request;
 
 /// Handles shared by the task consumers.
@@ -119,11 +119,13 @@ pub async fn run_persist(task: Task, shutdown: Shutdown) -> AppResult<()> {
         let shutdown = shutdown.clone();
         async move {
             let mut messages = Vec::with_capacity(records.len());
+            let mut sources = Vec::with_capacity(records.len());
             for r in &records {
                 match codec::decode::<PersistMessage>(r) {
                     Ok(PersistMessage { message: Some(mut m) }) if !m.conversation_id.is_empty() && m.seq_id > 0 => {
                         m.sender = None;
                         messages.push(m);
+                        sources.push(r);
                     }
                     Ok(_) => task.dead_letter(r, groups::TASK_PERSIST, "PersistMessage without a valid message").await,
                     Err(e) => task.dead_letter(r, groups::TASK_PERSIST, &format!("undecodable PersistMessage: {e}")).await,
@@ -132,11 +134,33 @@ pub async fn run_persist(task: Task, shutdown: Shutdown) -> AppResult<()> {
             if messages.is_empty() {
                 return Ok(());
             }
-            let out = task
-                .retry("batch save", &shutdown, || {
-                    rpc(task.repo.batch_save_messages(Request::new(BatchSaveMessagesRequest { messages: messages.clone() })))
-                })
-                .await?;
+            let save = |batch: Vec<gochat_proto::common::Message>| {
+                let task = task.clone();
+                async move { rpc(task.repo.batch_save_messages(Request::new(BatchSaveMessagesRequest { messages: batch }))).await }
+            };
+            let out = match task.retry("batch save", &shutdown, || save(messages.clone())).await {
+                Ok(out) => out,
+                // Outage or shutdown: leave the batch uncommitted for the next run.
+                Err(e) if e.code.is_retryable() => return Err(e),
+                // The batch breaks a rule of the store: save one by one and
+                // dead-letter only the messages that cannot be stored, so one
+                // bad record cannot hold up (or stop) the pipeline.
+                Err(e) => {
+                    tracing::warn!(error = %e, n = messages.len(), "batch refused; saving messages one by one");
+                    let mut total = BatchSaveMessagesResponse::default();
+                    for (m, r) in messages.into_iter().zip(sources) {
+                        match task.retry("save", &shutdown, || save(vec![m.clone()])).await {
+                            Ok(one) => {
+                                total.inserted += one.inserted;
+                                total.duplicates += one.duplicates;
+                            }
+                            Err(e) if e.code.is_retryable() => return Err(e),
+                            Err(e) => task.dead_letter(r, groups::TASK_PERSIST, &format!("cannot store message: {e}")).await,
+                        }
+                    }
+                    total
+                }
+            };
             task.metrics.messages_persisted.with_label_values(&["inserted"]).inc_by(out.inserted.max(0) as u64);
             task.metrics.messages_persisted.with_label_values(&["duplicate"]).inc_by(out.duplicates.max(0) as u64);
             Ok(())
@@ -165,7 +189,11 @@ pub async fn run_fanout(task: Task, shutdown: Shutdown) -> AppResult<()> {
                     }
                 };
                 let trace = codec::trace_id(r);
-                task.retry("fan-out", &shutdown, || fan_out(&task, &ft.0, &ft.1, &ft.2, &trace)).await?;
+                match task.retry("fan-out", &shutdown, || fan_out(&task, &ft.0, &ft.1, &ft.2, &trace)).await {
+                    Ok(()) => {}
+                    Err(e) if e.code.is_retryable() => return Err(e),
+                    Err(e) => task.dead_letter(r, groups::TASK_FANOUT, &format!("fan-out failed: {e}")).await,
+                }
             }
             Ok(())
         }

@@ -43,7 +43,7 @@ impl Snowflake {
 
 /// A random identifier of `len` lowercase alphanumerics (connection ids, guest names).
 pub fn random_token(len: usize) -> String {
-    use rand::Rng;
+    use rand::RngExt;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     (0..len).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()

@@ -25,12 +25,20 @@ async fn everything_survives_a_restart() {
     let (s, _) = app.put(&format!("/api/conversations/{g}/read"), &b.token, json!({"seqId": 3})).await;
     assert_eq!(s, StatusCode::OK);
     drop(wa);
+    let gone = app.login("alice").await;
+    let (s, _) = app.post("/api/auth/logout", Some(&gone.token), json!({})).await;
+    assert_eq!(s, StatusCode::OK);
     let dir = app.stop().await;
 
     let app = spawn_app_in(dir, |_| {}).await;
     // The same token still works: the signing secret is kept in the data directory.
     let (s, v) = app.get("/api/users/profile", &a.token).await;
     assert_eq!((s, v["data"]["username"].as_str()), (StatusCode::OK, Some("alice")));
+    // A logout stays a logout.
+    let (s, _) = app.get("/api/users/profile", &gone.token).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "revoked access token after restart");
+    let (s, _) = app.post("/api/auth/refresh", None, json!({"refreshToken": gone.refresh})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "revoked refresh token after restart");
     let b = app.login("bob").await;
     let stored = app.stored(&b, &g, 6).await;
     let seqs: Vec<i64> = stored.iter().map(|m| m["seqId"].as_i64().unwrap_or(-1)).collect();

@@ -22,6 +22,8 @@ pub struct TestApp {
     pub base: String,
     pub ws: SocketAddr,
     pub client: reqwest::Client,
+    /// The gateway's id and push service (in-process apps only).
+    pub push: Option<(String, im_gateway::bridge::PushService)>,
     running: Option<Running>,
 }
 
@@ -72,8 +74,9 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config
     let app = gochat::embedded::build(config, shutdown.clone()).await.expect("app starts");
     let base = format!("http://{}", app.http_addr());
     let ws = app.ws_addr();
+    let push = Some(app.gateway_push());
     let handle = tokio::spawn(app.run_until_stopped());
-    let t = TestApp { base, ws, client: reqwest::Client::new(), running: Some(Running { shutdown, handle, dir }) };
+    let t = TestApp { base, ws, client: reqwest::Client::new(), push, running: Some(Running { shutdown, handle, dir }) };
     t.wait_ready().await;
     t
 }
@@ -94,7 +97,7 @@ impl TestApp {
 
     /// Helpers for an app running in another process.
     pub fn external(base: &str, ws: SocketAddr) -> TestApp {
-        TestApp { base: base.to_string(), ws, client: reqwest::Client::new(), running: None }
+        TestApp { base: base.to_string(), ws, client: reqwest::Client::new(), push: None, running: None }
     }
 
     /// Graceful stop; returns the data directory for a restart.

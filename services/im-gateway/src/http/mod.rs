@@ -100,6 +100,10 @@ async fn track(State(state): State<HttpState>, req: Request, next: Next) -> Resp
 }
 
 async fn rate_limit(State(state): State<HttpState>, req: Request, next: Next) -> Response {
+    // Probes and scrapers must keep working while clients are throttled.
+    if matches!(req.uri().path(), "/healthz" | "/metrics") {
+        return next.run(req).await;
+    }
     let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     if let Some(ip) = ip
         && state.ip_limiter.check_key(&ip).is_err()

@@ -160,4 +160,11 @@ pub trait Store: Send + Sync + 'static {
     async fn are_friends(&self, a: i64, b: i64) -> StoreResult<bool>;
     /// Ids of the user's accepted friends.
     async fn friend_ids(&self, user_id: i64) -> StoreResult<Vec<i64>>;
+
+    // ---- token revocation -------------------------------------------------------
+    /// Records a revoked token id until `expires_at_ms` (keeps the later
+    /// expiry if already there) and forgets revocations that expired by `now_ms`.
+    async fn revoke_token(&self, jti: &str, expires_at_ms: i64, now_ms: i64) -> StoreResult<()>;
+    /// Revocations still in force at `now_ms`.
+    async fn revoked_tokens(&self, now_ms: i64) -> StoreResult<Vec<(String, i64)>>;
 }

@@ -492,3 +492,14 @@ pub(crate) async fn friend_accept_makes_both_ways(store: &dyn Store) {
     assert!(store.friend_ids(1).await.unwrap().is_empty());
     assert!(store.list_friends(2).await.unwrap().is_empty());
 }
+
+pub(crate) async fn revocations_expire_and_keep_the_later_expiry(store: &dyn Store) {
+    store.revoke_token("a", 5_000, 1_000).await.expect("revoke a");
+    store.revoke_token("b", 2_000, 1_000).await.expect("revoke b");
+    store.revoke_token("a", 4_000, 1_000).await.expect("revoke a again, earlier expiry");
+    assert_eq!(store.revoked_tokens(1_000).await.expect("list"), vec![("a".to_string(), 5_000), ("b".to_string(), 2_000)]);
+    assert_eq!(store.revoked_tokens(3_000).await.expect("list"), vec![("a".to_string(), 5_000)], "b expired");
+    store.revoke_token("c", 9_000, 6_000).await.expect("revoke c purges the expired");
+    assert_eq!(store.revoked_tokens(0).await.expect("list"), vec![("c".to_string(), 9_000)]);
+    assert!(store.revoke_token(&"x".repeat(65), 9_000, 0).await.is_err(), "over-long id");
+}

@@ -25,6 +25,7 @@ mod conversations;
 mod friends;
 mod messages;
 mod rows;
+mod tokens;
 mod users;
 
 use std::path::Path;
@@ -108,14 +109,21 @@ impl SqliteStore {
     }
 }
 
-/// Maps a sqlx error that no caller-specific rule claimed: foreign-key
-/// violations mean the input referenced a missing row, everything else is
-/// the database's problem.
+/// Maps a sqlx error that no caller-specific rule claimed: constraint
+/// violations mean the input is wrong (a missing row referenced, a duplicate
+/// id), everything else is the database's problem.
 pub(super) fn db_err(e: sqlx::Error) -> StoreError {
-    if let Some(db) = e.as_database_error()
-        && matches!(db.kind(), sqlx::error::ErrorKind::ForeignKeyViolation)
-    {
-        return StoreError::Invalid("referenced user or conversation does not exist".into());
+    use sqlx::error::ErrorKind;
+    if let Some(db) = e.as_database_error() {
+        // Constraint violations are the input's fault and fail the same way on
+        // every retry: report them as invalid, never as an outage to wait out.
+        match db.kind() {
+            ErrorKind::ForeignKeyViolation => return StoreError::Invalid("referenced user or conversation does not exist".into()),
+            ErrorKind::UniqueViolation | ErrorKind::NotNullViolation | ErrorKind::CheckViolation => {
+                return StoreError::Invalid(format!("row rejected by the schema: {}", db.message()));
+            }
+            _ => {}
+        }
     }
     StoreError::Backend(e)
 }
@@ -243,6 +251,14 @@ impl Store for SqliteStore {
     }
     async fn friend_ids(&self, user_id: i64) -> StoreResult<Vec<i64>> {
         self.friend_ids_impl(user_id).await
+    }
+
+    async fn revoke_token(&self, jti: &str, expires_at_ms: i64, now_ms: i64) -> StoreResult<()> {
+        self.revoke_token_impl(jti, expires_at_ms, now_ms).await
+    }
+
+    async fn revoked_tokens(&self, now_ms: i64) -> StoreResult<Vec<(String, i64)>> {
+        self.revoked_tokens_impl(now_ms).await
     }
 }
 

@@ -53,6 +53,7 @@ store_suite!(
     read_pointer_never_moves_back,
     friend_request_conflicts_and_reopen,
     friend_accept_makes_both_ways,
+    revocations_expire_and_keep_the_later_expiry,
 );
 
 #[tokio::test]
