@@ -5,8 +5,10 @@
 //!   process on the embedded adapters (SQLite, the in-process bus with its
 //!   durable log, the in-memory KV store).
 //! - [`secret`]: the JWT secret kept in the data directory.
+//! - [`shards`]: `gochat shards`, the live per-shard table of a gateway.
 
 #![forbid(unsafe_code)]
 
 pub mod embedded;
 pub mod secret;
+pub mod shards;

@@ -164,6 +164,11 @@ impl Gateway {
             health: Arc::new(health),
             ip_limiter: http::HttpState::ip_limiter(&cfg),
             on_scrape: scrape_hook(engine.clone(), deps.metrics),
+            shard_stats: {
+                let engine = engine.clone();
+                Arc::new(move || engine.lock().as_ref().map(EngineHandle::stats).unwrap_or_default())
+            },
+            gateway_id: deps.gateway_id.clone(),
         };
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let s = shutdown.clone();

@@ -18,6 +18,12 @@ use tonic::{Request, Response, Status};
 pub const WORLD_ID: &str = "world";
 
 const USER_CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+/// Conversation rows, memberships and member-id lists: read on every send,
+/// changed rarely. Every write that changes them deletes the key after the
+/// database write (cache-aside), so the TTL only bounds memory.
+const CONV_CACHE_TTL: Duration = Duration::from_secs(10 * 60);
+/// Member-id lists are cached only for conversations up to this size.
+const MEMBER_IDS_CACHE_MAX: usize = 1000;
 
 /// The `Repo` service.
 #[derive(Clone)]
@@ -85,6 +91,22 @@ impl RepoService {
         Ok(rows.len())
     }
 
+    /// Reads `key` from the KV store and decodes it; a broken entry counts as a miss.
+    async fn cached<T: prost::Message + Default>(&self, key: &str) -> Result<Option<T>, Status> {
+        Ok(self.kv.get(key).await.map_err(kv_err)?.and_then(|b| T::decode(b.as_ref()).ok()))
+    }
+
+    async fn cache<T: prost::Message>(&self, key: &str, value: &T) -> Result<(), Status> {
+        self.kv.set(key, Bytes::from(value.encode_to_vec()), CONV_CACHE_TTL).await.map_err(kv_err)
+    }
+
+    /// Deletes cached views of a conversation after a write.
+    async fn invalidate(&self, conversation_id: &str, members: &[i64]) -> Result<(), Status> {
+        let mut keys = vec![keys::conversation_info(conversation_id), keys::member_ids(conversation_id)];
+        keys.extend(members.iter().map(|u| keys::member(conversation_id, *u)));
+        self.kv.del(&keys).await.map_err(kv_err)
+    }
+
     async fn users_cached(&self, ids: &[i64]) -> Result<Vec<User>, Status> {
         let mut found = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
@@ -147,22 +169,34 @@ impl Repo for RepoService {
         let r = req.into_inner();
         let conv = r.conversation.ok_or_else(|| Status::invalid_argument("conversation missing"))?;
         let (conversation, created) = self.store.create_conversation(&conv, &r.members).await.map_err(db)?;
+        if created {
+            let ids: Vec<i64> = r.members.iter().map(|m| m.user_id).collect();
+            self.invalidate(&conversation.id, &ids).await?;
+        }
         ok(CreateConversationResponse { conversation: Some(conversation), created })
     }
 
     async fn get_conversation(&self, req: Request<ConversationId>) -> R<Conversation> {
         let id = req.into_inner().conversation_id;
-        self.store.get_conversation(&id).await.map_err(db)?.map(Response::new).ok_or_else(|| not_found("conversation"))
+        let key = keys::conversation_info(&id);
+        if let Some(c) = self.cached::<Conversation>(&key).await? {
+            return ok(c);
+        }
+        let conv = self.store.get_conversation(&id).await.map_err(db)?.ok_or_else(|| not_found("conversation"))?;
+        self.cache(&key, &conv).await?;
+        ok(conv)
     }
 
     async fn update_conversation(&self, req: Request<UpdateConversationRequest>) -> R<Conversation> {
         let r = req.into_inner();
-        self.store
+        let conv = self
+            .store
             .update_conversation(&r.conversation_id, r.name.as_deref(), r.avatar_url.as_deref(), r.description.as_deref(), now_ms())
             .await
             .map_err(db)?
-            .map(Response::new)
-            .ok_or_else(|| not_found("conversation"))
+            .ok_or_else(|| not_found("conversation"))?;
+        self.invalidate(&r.conversation_id, &[]).await?;
+        ok(conv)
     }
 
     async fn list_user_conversations(&self, req: Request<ListUserConversationsRequest>) -> R<ConversationPage> {
@@ -175,7 +209,26 @@ impl Repo for RepoService {
 
     async fn get_member(&self, req: Request<MemberKey>) -> R<Member> {
         let r = req.into_inner();
-        self.store.get_member(&r.conversation_id, r.user_id).await.map_err(db)?.map(Response::new).ok_or_else(|| not_found("member"))
+        let key = keys::member(&r.conversation_id, r.user_id);
+        // Cached both ways: an empty value means "not a member".
+        if let Some(bytes) = self.kv.get(&key).await.map_err(kv_err)? {
+            if bytes.is_empty() {
+                return Err(not_found("member"));
+            }
+            if let Ok(m) = Member::decode(bytes.as_ref()) {
+                return ok(m);
+            }
+        }
+        match self.store.get_member(&r.conversation_id, r.user_id).await.map_err(db)? {
+            Some(m) => {
+                self.cache(&key, &m).await?;
+                ok(m)
+            }
+            None => {
+                self.kv.set(&key, Bytes::new(), CONV_CACHE_TTL).await.map_err(kv_err)?;
+                Err(not_found("member"))
+            }
+        }
     }
 
     async fn list_members(&self, req: Request<ListMembersRequest>) -> R<MemberPage> {
@@ -188,30 +241,48 @@ impl Repo for RepoService {
 
     async fn list_member_ids(&self, req: Request<ListMemberIdsRequest>) -> R<MemberIdPage> {
         let r = req.into_inner();
-        let p = self.store.list_member_ids(&r.conversation_id, r.after_user_id, limit(r.limit, 1000, 10_000)).await.map_err(db)?;
-        ok(MemberIdPage { user_ids: p.items, has_more: p.has_more })
+        let lim = limit(r.limit, 1000, 10_000);
+        // Whole small member lists are cached (the inline push path reads them on every send).
+        let whole = r.after_user_id == 0;
+        let key = keys::member_ids(&r.conversation_id);
+        if whole
+            && let Some(page) = self.cached::<MemberIdPage>(&key).await?
+            && page.user_ids.len() <= lim as usize
+        {
+            return ok(page);
+        }
+        let p = self.store.list_member_ids(&r.conversation_id, r.after_user_id, lim).await.map_err(db)?;
+        let page = MemberIdPage { user_ids: p.items, has_more: p.has_more };
+        if whole && !page.has_more && page.user_ids.len() <= MEMBER_IDS_CACHE_MAX {
+            self.cache(&key, &page).await?;
+        }
+        ok(page)
     }
 
     async fn add_members(&self, req: Request<AddMembersRequest>) -> R<AddMembersResponse> {
         let r = req.into_inner();
         let (added, count) = self.store.add_members(&r.conversation_id, &r.members).await.map_err(db)?;
+        self.invalidate(&r.conversation_id, &added).await?;
         ok(AddMembersResponse { added_user_ids: added, member_count: count })
     }
 
     async fn remove_member(&self, req: Request<MemberKey>) -> R<RemoveMemberResponse> {
         let r = req.into_inner();
         let (removed, count) = self.store.remove_member(&r.conversation_id, r.user_id).await.map_err(db)?;
+        self.invalidate(&r.conversation_id, &[r.user_id]).await?;
         ok(RemoveMemberResponse { removed, member_count: count })
     }
 
     async fn update_member_role(&self, req: Request<UpdateMemberRoleRequest>) -> R<Member> {
         let r = req.into_inner();
-        self.store
+        let m = self
+            .store
             .update_member_role(&r.conversation_id, r.user_id, r.role, now_ms())
             .await
             .map_err(db)?
-            .map(Response::new)
-            .ok_or_else(|| not_found("member"))
+            .ok_or_else(|| not_found("member"))?;
+        self.invalidate(&r.conversation_id, &[r.user_id]).await?;
+        ok(m)
     }
 
     async fn batch_save_messages(&self, req: Request<BatchSaveMessagesRequest>) -> R<BatchSaveMessagesResponse> {
@@ -223,10 +294,11 @@ impl Repo for RepoService {
             let e = own.entry((m.sender_id, m.conversation_id.as_str())).or_default();
             *e = (*e).max(m.seq_id);
         }
-        let now = now_ms();
-        for ((sender, conv), seq) in own {
-            self.store.update_read_pointer(sender, conv, seq, now).await.map_err(db)?;
-        }
+        let pointers: Vec<(i64, String, i64)> = own.iter().map(|((u, c), s)| (*u, c.to_string(), *s)).collect();
+        self.store.advance_read_pointers(&pointers, now_ms()).await.map_err(db)?;
+        // The stored conversations' last message and seq moved on.
+        let convs: std::collections::BTreeSet<&str> = r.messages.iter().map(|m| m.conversation_id.as_str()).collect();
+        self.kv.del(&convs.into_iter().map(keys::conversation_info).collect::<Vec<_>>()).await.map_err(kv_err)?;
         ok(BatchSaveMessagesResponse { inserted: out.inserted as i32, duplicates: out.duplicates as i32 })
     }
 

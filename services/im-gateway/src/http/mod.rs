@@ -45,6 +45,9 @@ pub struct HttpState {
     pub ip_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     /// Refreshes engine gauges right before `/metrics` renders.
     pub on_scrape: Arc<dyn Fn() + Send + Sync>,
+    /// Current per-shard figures of the WebSocket engine (empty once stopped).
+    pub shard_stats: Arc<dyn Fn() -> Vec<gateway_core::ShardStats> + Send + Sync>,
+    pub gateway_id: String,
 }
 
 impl HttpState {
@@ -101,7 +104,7 @@ async fn track(State(state): State<HttpState>, req: Request, next: Next) -> Resp
 
 async fn rate_limit(State(state): State<HttpState>, req: Request, next: Next) -> Response {
     // Probes and scrapers must keep working while clients are throttled.
-    if matches!(req.uri().path(), "/healthz" | "/metrics") {
+    if matches!(req.uri().path(), "/healthz" | "/metrics" | "/admin/shards") {
         return next.run(req).await;
     }
     let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());

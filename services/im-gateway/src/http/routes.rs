@@ -21,6 +21,7 @@ pub fn api() -> Router<HttpState> {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi))
+        .route("/admin/shards", get(shards))
         .route("/api/auth/register", post(register))
         .route("/api/auth/login", post(login))
         .route("/api/auth/guest", post(guest))
@@ -92,6 +93,29 @@ async fn healthz(State(s): State<HttpState>) -> Response {
 async fn metrics(State(s): State<HttpState>) -> Response {
     (s.on_scrape)();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+/// Per-shard engine figures for `gochat shards` (counters are totals since
+/// start; the command turns them into rates).
+async fn shards(State(s): State<HttpState>) -> Response {
+    let shards: Vec<serde_json::Value> = (s.shard_stats)()
+        .into_iter()
+        .map(|st| {
+            json!({
+                "shard": st.shard,
+                "connections": st.connections,
+                "acceptedTotal": st.accepted_total,
+                "framesIn": st.frames_in,
+                "framesOut": st.frames_out,
+                "bytesIn": st.bytes_in,
+                "bytesOut": st.bytes_out,
+                "slowCloses": st.slow_closes,
+                "handshakeRejects": st.handshake_rejects,
+            })
+        })
+        .collect();
+    let body = json!({"success": true, "message": "ok", "data": {"gatewayId": s.gateway_id, "timestampMs": gochat_infra::now_ms(), "shards": shards}});
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 async fn openapi() -> Response {

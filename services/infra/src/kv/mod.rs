@@ -58,4 +58,13 @@ pub mod keys {
     pub fn user_info(user_id: i64) -> String {
         format!("user:info:{user_id}")
     }
+    pub fn conversation_info(conversation_id: &str) -> String {
+        format!("conv:info:{conversation_id}")
+    }
+    pub fn member(conversation_id: &str, user_id: i64) -> String {
+        format!("conv:member:{conversation_id}:{user_id}")
+    }
+    pub fn member_ids(conversation_id: &str) -> String {
+        format!("conv:members:{conversation_id}")
+    }
 }

@@ -142,6 +142,9 @@ pub trait Store: Send + Sync + 'static {
     /// Moves the read pointer to `max(current, seq_id)`; returns the pointer
     /// after the call and whether it moved.
     async fn update_read_pointer(&self, user_id: i64, conversation_id: &str, seq_id: i64, now_ms: i64) -> StoreResult<(i64, bool)>;
+    /// Moves many pointers forward (never back) in one transaction: after a
+    /// batch is stored, its senders have read their own messages.
+    async fn advance_read_pointers(&self, pointers: &[(i64, String, i64)], now_ms: i64) -> StoreResult<()>;
 
     // ---- friendships ----------------------------------------------------------
     /// Creates a pending request (id and times set by the caller).

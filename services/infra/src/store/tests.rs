@@ -493,6 +493,18 @@ pub(crate) async fn friend_accept_makes_both_ways(store: &dyn Store) {
     assert!(store.list_friends(2).await.unwrap().is_empty());
 }
 
+pub(crate) async fn read_pointers_advance_in_bulk(store: &dyn Store) {
+    users(store, &[1, 2]).await;
+    let conv = Conversation { id: "g_bulk".into(), r#type: 2, created_at_ms: 1, updated_at_ms: 1, ..Default::default() };
+    let member = |u: i64| Member { conversation_id: "g_bulk".into(), user_id: u, role: 1, joined_at_ms: 1, ..Default::default() };
+    store.create_conversation(&conv, &[member(1), member(2)]).await.expect("conversation");
+    store.update_read_pointer(1, "g_bulk", 5, 1).await.expect("pointer");
+    store.advance_read_pointers(&[(1, "g_bulk".into(), 3), (2, "g_bulk".into(), 4)], 2).await.expect("bulk");
+    assert_eq!(store.update_read_pointer(1, "g_bulk", 0, 3).await.expect("read"), (5, false), "never backwards");
+    assert_eq!(store.update_read_pointer(2, "g_bulk", 0, 3).await.expect("read"), (4, false), "created");
+    store.advance_read_pointers(&[], 4).await.expect("empty is fine");
+}
+
 pub(crate) async fn revocations_expire_and_keep_the_later_expiry(store: &dyn Store) {
     store.revoke_token("a", 5_000, 1_000).await.expect("revoke a");
     store.revoke_token("b", 2_000, 1_000).await.expect("revoke b");

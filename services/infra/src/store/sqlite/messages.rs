@@ -137,6 +137,31 @@ impl SqliteStore {
         row.map(|r| message_with_sender(&r)).transpose().map_err(db_err)
     }
 
+    pub(super) async fn advance_read_pointers_impl(&self, pointers: &[(i64, String, i64)], now_ms: i64) -> StoreResult<()> {
+        if pointers.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for (user_id, conversation_id, seq_id) in pointers {
+            sqlx::query(
+                "INSERT INTO user_read_pointers (user_id, conversation_id, last_read_seq_id, updated_at)
+                 VALUES (?, ?, ?, ?)
+                 ON CONFLICT (user_id, conversation_id) DO UPDATE
+                 SET last_read_seq_id = excluded.last_read_seq_id, updated_at = excluded.updated_at
+                 WHERE excluded.last_read_seq_id > user_read_pointers.last_read_seq_id",
+            )
+            .bind(user_id)
+            .bind(conversation_id)
+            .bind(seq_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub(super) async fn update_read_pointer_impl(
         &self,
         user_id: i64,

@@ -253,6 +253,10 @@ impl Store for SqliteStore {
         self.friend_ids_impl(user_id).await
     }
 
+    async fn advance_read_pointers(&self, pointers: &[(i64, String, i64)], now_ms: i64) -> StoreResult<()> {
+        self.advance_read_pointers_impl(pointers, now_ms).await
+    }
+
     async fn revoke_token(&self, jti: &str, expires_at_ms: i64, now_ms: i64) -> StoreResult<()> {
         self.revoke_token_impl(jti, expires_at_ms, now_ms).await
     }

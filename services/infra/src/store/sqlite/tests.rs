@@ -54,6 +54,7 @@ store_suite!(
     friend_request_conflicts_and_reopen,
     friend_accept_makes_both_ways,
     revocations_expire_and_keep_the_later_expiry,
+    read_pointers_advance_in_bulk,
 );
 
 #[tokio::test]
