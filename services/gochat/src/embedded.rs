@@ -87,7 +87,9 @@ pub async fn build(config: Config, shutdown: Shutdown) -> Result<App, StartError
     let bus = MemoryBus::open(MemoryBusConfig {
         default_partitions: config.bus.partitions,
         log_path: Some(dir.join("bus.db")),
-        durable_topics: vec![topics::PERSIST.into(), topics::FANOUT.into()],
+        // Acked messages live in these until stored; the DLQ may hold acked
+        // messages the store refused, kept for an operator.
+        durable_topics: vec![topics::PERSIST.into(), topics::FANOUT.into(), topics::DLQ.into()],
         ..MemoryBusConfig::default()
     })
     .await?;
@@ -116,9 +118,14 @@ pub async fn build(config: Config, shutdown: Shutdown) -> Result<App, StartError
     tasks.push(spawn_service("task.persist", &shutdown, im_task::run_persist(task.clone(), shutdown.clone())));
     tasks.push(spawn_service("task.fanout", &shutdown, im_task::run_fanout(task, shutdown.clone())));
     // Store everything the log still holds before any new seqId is handed out.
-    if !bus.wait_caught_up(groups::TASK_PERSIST, topics::PERSIST, Duration::from_secs(120)).await {
+    let caught_up = tokio::select! {
+        ok = bus.wait_caught_up(groups::TASK_PERSIST, topics::PERSIST, Duration::from_secs(120)) => ok,
+        // The persist consumer failed (and triggered shutdown): no point waiting.
+        _ = shutdown.wait() => false,
+    };
+    if !caught_up {
         shutdown.trigger();
-        return Err(StartError::Recovery("could not store the messages left in the bus log within 120 s".into()));
+        return Err(StartError::Recovery("could not store the messages left in the bus log (see the log above)".into()));
     }
 
     let logic = im_logic::Logic::new(repo, bus_dyn.clone(), config.clone(), keys.clone(), metrics.clone());

@@ -8,7 +8,7 @@
 //!   once → the engine's pusher.
 //! - [`run_user_events`]: token revocations from other gateways.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,60 +44,100 @@ pub struct BridgeConfig {
     pub refresh_every: Duration,
 }
 
+/// Logic calls the bridge keeps in flight at once.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// A finished presence registration, back on the bridge loop.
+struct Opened {
+    conn: ConnId,
+    entry: PresenceEntry,
+    result: AppResult<()>,
+    reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Presence and per-user bookkeeping. Registrations run concurrently (a
+/// reconnect storm must not queue behind one slow call); a close that
+/// arrives while its connection's registration is still in flight is held
+/// until the registration finishes, so presence never keeps a closed socket.
 pub async fn run_bridge(logic: Arc<dyn LogicRpc>, pusher: Pusher, mut events: mpsc::UnboundedReceiver<BridgeEvent>, cfg: BridgeConfig) {
     let mut live: HashMap<ConnId, PresenceEntry> = HashMap::new();
+    let mut opening: HashSet<ConnId> = HashSet::new();
+    let mut closed_while_opening: HashSet<ConnId> = HashSet::new();
     let mut per_user: HashMap<i64, VecDeque<ConnId>> = HashMap::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Opened>();
     let mut refresh = tokio::time::interval(cfg.refresh_every);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let close_presence = |entry: PresenceEntry| {
+        let (logic, permits) = (logic.clone(), permits.clone());
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            if let Err(e) = with_timeout(rpc(logic.connection_closed(Request::new(ConnectionEvent { entry: Some(entry) })))).await {
+                tracing::warn!(error = %e, "presence removal failed; the entry will expire");
+            }
+        });
+    };
+
     loop {
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
                 match ev {
                     BridgeEvent::Opened { conn, entry, reply } => {
-                        let user = entry.user_id;
-                        let r = with_timeout(rpc(logic.connection_opened(Request::new(ConnectionEvent { entry: Some(entry.clone()) })))).await;
-                        match r {
-                            Ok(_) => {
-                                live.insert(conn, entry);
-                                let conns = per_user.entry(user).or_default();
-                                conns.push_back(conn);
-                                while conns.len() > cfg.max_per_user {
-                                    if let Some(oldest) = conns.pop_front() {
-                                        pusher.close_conn(oldest, CLOSE_TOO_MANY, "too many connections for this user");
-                                    }
-                                }
-                                let _ = reply.send(Ok(()));
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "presence registration failed");
-                                let _ = reply.send(Err("presence unavailable; retry".into()));
-                            }
-                        }
+                        opening.insert(conn);
+                        let (logic, permits, done) = (logic.clone(), permits.clone(), done_tx.clone());
+                        tokio::spawn(async move {
+                            let _permit = permits.acquire_owned().await;
+                            let result = with_timeout(rpc(logic.connection_opened(Request::new(ConnectionEvent { entry: Some(entry.clone()) }))))
+                                .await
+                                .map(|_| ());
+                            let _ = done.send(Opened { conn, entry, result, reply });
+                        });
                     }
                     BridgeEvent::Closed { conn, entry } => {
+                        if opening.contains(&conn) {
+                            closed_while_opening.insert(conn);
+                            continue;
+                        }
                         if live.remove(&conn).is_none() {
-                            continue; // never registered (open failed)
+                            continue; // never registered (its open failed)
                         }
-                        if let Some(conns) = per_user.get_mut(&entry.user_id) {
-                            conns.retain(|c| *c != conn);
-                            if conns.is_empty() {
-                                per_user.remove(&entry.user_id);
-                            }
-                        }
-                        if let Err(e) = with_timeout(rpc(logic.connection_closed(Request::new(ConnectionEvent { entry: Some(entry) })))).await {
-                            tracing::warn!(error = %e, "presence removal failed; the entry will expire");
-                        }
+                        forget(&mut per_user, entry.user_id, conn);
+                        close_presence(entry);
                     }
                     BridgeEvent::MarkRead { conn, user_id, is_guest, conversation_id, seq_id } => {
-                        let logic = logic.clone();
-                        let pusher = pusher.clone();
+                        let (logic, pusher, permits) = (logic.clone(), pusher.clone(), permits.clone());
                         tokio::spawn(async move {
+                            let _permit = permits.acquire_owned().await;
                             let req = MarkReadRequest { caller: Some(Caller { user_id, is_guest }), conversation_id, seq_id };
                             if let Err(e) = with_timeout(rpc(logic.mark_read(Request::new(req)))).await {
                                 pusher.send_to(conn, frames::error_code(e.code, &e.message, None));
                             }
                         });
+                    }
+                }
+            }
+            Some(done) = done_rx.recv() => {
+                opening.remove(&done.conn);
+                let closed = closed_while_opening.remove(&done.conn);
+                match done.result {
+                    Ok(()) if closed => close_presence(done.entry),
+                    Ok(()) => {
+                        let user = done.entry.user_id;
+                        live.insert(done.conn, done.entry);
+                        let conns = per_user.entry(user).or_default();
+                        conns.push_back(done.conn);
+                        while conns.len() > cfg.max_per_user {
+                            if let Some(oldest) = conns.pop_front() {
+                                pusher.close_conn(oldest, CLOSE_TOO_MANY, "too many connections for this user");
+                            }
+                        }
+                        let _ = done.reply.send(Ok(()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "presence registration failed");
+                        let _ = done.reply.send(Err("presence unavailable; retry".into()));
                     }
                 }
             }
@@ -113,6 +153,17 @@ pub async fn run_bridge(logic: Arc<dyn LogicRpc>, pusher: Pusher, mut events: mp
                     }
                 });
             }
+        }
+    }
+    // The shards are gone: let the last registrations and removals finish.
+    let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
+}
+
+fn forget(per_user: &mut HashMap<i64, VecDeque<ConnId>>, user: i64, conn: ConnId) {
+    if let Some(conns) = per_user.get_mut(&user) {
+        conns.retain(|c| *c != conn);
+        if conns.is_empty() {
+            per_user.remove(&user);
         }
     }
 }
@@ -205,7 +256,8 @@ pub async fn run_user_events(bus: Arc<dyn Bus>, gateway_id: String, revoked: Rev
     while !shutdown.is_triggered() {
         let records = tokio::select! {
             _ = shutdown.wait() => break,
-            _ = purge.tick() => { revoked.purge_expired(gochat_infra::now_ms()); continue; }
+            // Tokens are accepted up to the verification leeway past `exp`; keep their revocation as long.
+            _ = purge.tick() => { revoked.purge_expired(gochat_infra::now_ms() - gochat_infra::auth::LEEWAY_SECS as i64 * 1000); continue; }
             r = consumer.poll(1024, Duration::from_millis(500)) => r?,
         };
         for r in &records {

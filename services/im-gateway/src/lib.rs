@@ -155,6 +155,22 @@ impl Gateway {
                 Box::pin(async move { if up { Ok(()) } else { Err("websocket engine stopped".to_string()) } })
             }),
         ));
+        let ip_limiter = http::HttpState::ip_limiter(&cfg);
+        let signup_limiter = http::HttpState::signup_limiter(&cfg);
+        let (limiters, s) = ([ip_limiter.clone(), signup_limiter.clone()], shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            // Keyed limiters keep one entry per client IP ever seen: forget idle ones.
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => for l in &limiters {
+                        l.retain_recent();
+                        l.shrink_to_fit();
+                    },
+                    _ = s.wait() => break,
+                }
+            }
+        }));
         let state = http::HttpState {
             logic: deps.logic,
             keys: deps.keys,
@@ -162,7 +178,8 @@ impl Gateway {
             config: cfg.clone(),
             metrics: deps.metrics.clone(),
             health: Arc::new(health),
-            ip_limiter: http::HttpState::ip_limiter(&cfg),
+            ip_limiter,
+            signup_limiter,
             on_scrape: scrape_hook(engine.clone(), deps.metrics),
             shard_stats: {
                 let engine = engine.clone();

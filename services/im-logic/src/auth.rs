@@ -17,7 +17,7 @@ use gochat_infra::{now_ms, push, rpc};
 use gochat_proto::common::{Member, User};
 use gochat_proto::events::{Kick, TokenRevoked, UserEvent, downstream_message::Payload, user_event};
 use gochat_proto::logic::{AuthTokens, Credentials, LogoutRequest};
-use gochat_proto::repo::{AddMembersRequest, CreateUserRequest, RevokeTokenRequest, TokenId, UserByNameRequest, UserIds};
+use gochat_proto::repo::{AddMembersRequest, CreateUserRequest, RevokeTokenRequest, UserByNameRequest, UserIds};
 use tonic::Request;
 
 use crate::{Logic, MEMBER, WORLD_ID};
@@ -123,10 +123,15 @@ impl Logic {
     pub async fn refresh(&self, refresh_token: &str) -> AppResult<AuthTokens> {
         let unauthorized = || AppError::unauthorized("invalid or expired refresh token");
         let claims = self.keys.verify(refresh_token, REFRESH).map_err(|_| unauthorized())?;
-        if rpc(self.repo.is_token_revoked(Request::new(TokenId { jti: claims.jti.clone() }))).await?.value {
+        let user_id = claims.user_id().ok_or_else(unauthorized)?;
+        // Rotate first: of two concurrent refreshes with one token, only the
+        // one that revokes it gets a new pair.
+        let rotated =
+            rpc(self.repo.revoke_token(Request::new(RevokeTokenRequest { jti: claims.jti.clone(), expires_at_ms: claims.exp * 1000 })))
+                .await?;
+        if !rotated.newly_revoked {
             return Err(unauthorized());
         }
-        let user_id = claims.user_id().ok_or_else(unauthorized)?;
         let user = rpc(self.repo.get_users(Request::new(UserIds { user_ids: vec![user_id] })))
             .await?
             .users
@@ -136,8 +141,6 @@ impl Logic {
         if user.status != 0 {
             return Err(AppError::forbidden("this account is disabled"));
         }
-        // Rotate: the old refresh token stops working.
-        rpc(self.repo.revoke_token(Request::new(RevokeTokenRequest { jti: claims.jti, expires_at_ms: claims.exp * 1000 }))).await?;
         self.tokens(user)
     }
 

@@ -21,7 +21,7 @@ use gochat_infra::{codec, now_ms, push, rpc};
 use gochat_proto::common::{Message, User};
 use gochat_proto::events::{AckTarget, FanoutTask, PersistMessage, downstream_message::Payload};
 use gochat_proto::logic::SendMessageRequest;
-use gochat_proto::repo::{ConversationId, IdempotencyClaim, IdempotencyRecord, ListMemberIdsRequest};
+use gochat_proto::repo::{ClientMsgKey, ConversationId, IdempotencyClaim, IdempotencyRecord, IdempotencyResult, ListMemberIdsRequest};
 use tonic::Request;
 
 use crate::{Logic, WORLD};
@@ -65,28 +65,39 @@ impl Logic {
         let idem_ttl_ms = (self.config.chat.idempotency_ttl_secs * 1000) as i64;
 
         if let Some(cid) = &client_msg_id
-            && let Some((message_id, seq_id)) = self.claim(caller.user_id, cid, idem_ttl_ms).await?
+            && let Some(first) = self.claim(caller.user_id, cid, idem_ttl_ms).await?
         {
+            if first.conversation_id != conv.id {
+                return Err(AppError::validation("client_msg_id was already used for a message in another conversation"));
+            }
             // A repeat: the same ack again, nothing stored or delivered twice.
             self.metrics.messages_sent.with_label_values(&["duplicate"]).inc();
-            if let Some(ack) = ack_route(message_id, seq_id) {
-                let payload = Payload::Message(Message { id: message_id, seq_id, ..Default::default() });
+            if let Some(ack) = ack_route(first.message_id, first.seq_id) {
+                let payload = Payload::Message(Message { id: first.message_id, seq_id: first.seq_id, ..Default::default() });
                 push::push(self.bus.as_ref(), &conv.id, trace_id, &[], &payload, "", Some(&ack)).await?;
             }
-            return Ok(Message {
-                id: message_id,
+            // The stored message when it is already in the database; until then, its id and seq with this request's fields.
+            let stored = rpc(self
+                .repo
+                .find_message_by_client_id(Request::new(ClientMsgKey { sender_id: caller.user_id, client_msg_id: cid.clone() })))
+            .await?
+            .message
+            .filter(|m| m.id == first.message_id);
+            return Ok(stored.unwrap_or(Message {
+                id: first.message_id,
                 conversation_id: conv.id,
                 sender_id: caller.user_id,
                 message_type: r.message_type,
                 content: r.content,
-                seq_id,
+                seq_id: first.seq_id,
                 client_msg_id,
                 created_at_ms: now_ms(),
                 sender,
                 ..Default::default()
-            });
+            }));
         }
 
+        let conv_id = conv.id.clone();
         let result = self
             .persist_and_push(
                 &conv,
@@ -106,8 +117,15 @@ impl Logic {
                 Ok(m) => (m.id, m.seq_id, false),
                 Err(_) => (0, 0, true),
             };
-            let rec =
-                IdempotencyRecord { user_id: caller.user_id, client_msg_id: cid.clone(), message_id, seq_id, ttl_ms: idem_ttl_ms, release };
+            let rec = IdempotencyRecord {
+                user_id: caller.user_id,
+                client_msg_id: cid.clone(),
+                message_id,
+                seq_id,
+                ttl_ms: idem_ttl_ms,
+                release,
+                conversation_id: conv_id.clone(),
+            };
             if let Err(e) = rpc(self.repo.set_idempotency(Request::new(rec))).await {
                 tracing::warn!(error = %e, "idempotency record not updated");
             }
@@ -118,9 +136,9 @@ impl Logic {
         result
     }
 
-    /// `Some((message_id, seq_id))` when this client message id was sent before.
-    async fn claim(&self, user_id: i64, client_msg_id: &str, ttl_ms: i64) -> AppResult<Option<(i64, i64)>> {
-        // A concurrent send of the same id is in flight: wait for it to finish.
+    /// The first send's result when this client message id was used before.
+    async fn claim(&self, user_id: i64, client_msg_id: &str, ttl_ms: i64) -> AppResult<Option<IdempotencyResult>> {
+        // A concurrent send of the same id is in flight: wait (briefly) for it to finish.
         for _ in 0..100 {
             let claim = IdempotencyClaim { user_id, client_msg_id: client_msg_id.to_string(), ttl_ms };
             let r = rpc(self.repo.claim_idempotency(Request::new(claim))).await?;
@@ -128,11 +146,12 @@ impl Logic {
                 return Ok(None);
             }
             if !r.pending {
-                return Ok(Some((r.message_id, r.seq_id)));
+                return Ok(Some(r));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(AppError::unavailable("an earlier send with this client_msg_id is still in progress"))
+        // Not retryable on purpose: the client retries the send itself.
+        Err(AppError::new(ErrorCode::RateLimited, "an earlier send with this client_msg_id is still in progress; retry shortly"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -187,8 +206,15 @@ impl Logic {
         }
         .await;
         if let Err(e) = pushed {
-            // Stored but not pushed: clients catch up with `?after=`; the sender still gets the message back.
+            // Stored but not pushed: clients catch up with `?after=`. The
+            // sender must still learn that the message is safe: ack alone.
             tracing::warn!(conversation_id = %conv.id, seq_id = message.seq_id, error = %e, "push failed after persist");
+            if let Some(ack) = &ack {
+                let bare = Payload::Message(Message { id: message.id, seq_id: message.seq_id, ..Default::default() });
+                if let Err(e) = push::push(self.bus.as_ref(), &conv.id, trace_id, &[], &bare, "", Some(ack)).await {
+                    tracing::warn!(error = %e, "ack not delivered; the client's retry with the same client_msg_id gets it");
+                }
+            }
         }
         Ok(message)
     }

@@ -35,7 +35,10 @@ pub async fn run(logic: Logic, shutdown: Shutdown) -> Result<(), AppError> {
         if records.is_empty() {
             continue;
         }
-        handle_batch(&logic, &records, &shutdown).await;
+        if !handle_batch(&logic, &records, &shutdown).await {
+            // Stopping mid-batch: leave it uncommitted for the next consumer.
+            break;
+        }
         commit(consumer.as_mut(), &records).await;
     }
     tracing::info!("upstream consumer stopped");
@@ -49,26 +52,36 @@ async fn commit(consumer: &mut dyn Consumer, records: &[Record]) {
     }
 }
 
-async fn handle_batch(logic: &Logic, records: &[Record], shutdown: &Shutdown) {
+/// Handles a batch; false when shutdown interrupted it.
+async fn handle_batch(logic: &Logic, records: &[Record], shutdown: &Shutdown) -> bool {
     let mut by_partition: BTreeMap<(&str, u32), Vec<&Record>> = BTreeMap::new();
     for r in records {
         by_partition.entry((r.topic.as_str(), r.partition)).or_default().push(r);
     }
     let tasks = by_partition.into_values().map(|recs| async move {
         for r in recs {
-            handle(logic, r, shutdown).await;
+            if !handle(logic, r, shutdown).await {
+                return false;
+            }
         }
+        true
     });
-    futures::future::join_all(tasks).await;
+    futures::future::join_all(tasks).await.into_iter().all(|done| done)
 }
 
-async fn handle(logic: &Logic, record: &Record, shutdown: &Shutdown) {
+/// Attempts for one record while a backend is down (about 20 s in all);
+/// then the sender is told to retry, so one record cannot hold its
+/// partition (and the consumer's commits) for long.
+const MAX_ATTEMPTS: u32 = 9;
+
+/// Handles one record; false when shutdown interrupted it (not done).
+async fn handle(logic: &Logic, record: &Record, shutdown: &Shutdown) -> bool {
     let trace = codec::trace_id(record);
     let up: UpstreamMessage = match codec::decode(record) {
         Ok(m) => m,
         Err(e) => {
             logic.dead_letter(record, groups::LOGIC_UPSTREAM, &format!("undecodable UpstreamMessage: {e}")).await;
-            return;
+            return true;
         }
     };
     let req = SendMessageRequest {
@@ -82,12 +95,18 @@ async fn handle(logic: &Logic, record: &Record, shutdown: &Shutdown) {
         extra: None,
     };
     let mut backoff = Duration::from_millis(50);
+    let mut attempt = 0;
     loop {
+        attempt += 1;
         match logic.send_message(req.clone(), "ws", &trace).await {
-            Ok(_) => return,
-            Err(e) if e.code.is_retryable() && !shutdown.is_triggered() => {
-                tracing::warn!(error = %e, trace_id = %trace, "send failed, retrying");
-                tokio::time::sleep(backoff).await;
+            Ok(_) => return true,
+            Err(e) if e.code.is_retryable() && shutdown.is_triggered() => return false,
+            Err(e) if e.code.is_retryable() && attempt < MAX_ATTEMPTS => {
+                tracing::warn!(error = %e, trace_id = %trace, attempt, "send failed, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait() => return false,
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
@@ -106,7 +125,7 @@ async fn handle(logic: &Logic, record: &Record, shutdown: &Shutdown) {
                 if let Err(err) = logic.bus.produce(vec![rec]).await {
                     tracing::warn!(error = %err, "error reply not sent");
                 }
-                return;
+                return true;
             }
         }
     }

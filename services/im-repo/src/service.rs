@@ -22,8 +22,22 @@ const USER_CACHE_TTL: Duration = Duration::from_secs(30 * 60);
 /// changed rarely. Every write that changes them deletes the key after the
 /// database write (cache-aside), so the TTL only bounds memory.
 const CONV_CACHE_TTL: Duration = Duration::from_secs(10 * 60);
+/// Longer than any database read that could race a write.
+const REINVALIDATE_AFTER: Duration = Duration::from_millis(500);
+/// A send in flight holds its `client_msg_id` at most this long; an abandoned
+/// send (crash, cancelled request) frees the id after it.
+const CLAIM_TTL: Duration = Duration::from_secs(30);
 /// Member-id lists are cached only for conversations up to this size.
 const MEMBER_IDS_CACHE_MAX: usize = 1000;
+
+fn idem_value(message_id: i64, seq_id: i64, conversation_id: &str) -> Bytes {
+    Bytes::from(format!("{message_id}:{seq_id}:{conversation_id}"))
+}
+
+fn parse_idem_value(v: &[u8]) -> Option<(i64, i64, String)> {
+    let mut parts = std::str::from_utf8(v).ok()?.splitn(3, ':');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.to_string()))
+}
 
 /// The `Repo` service.
 #[derive(Clone)]
@@ -100,11 +114,21 @@ impl RepoService {
         self.kv.set(key, Bytes::from(value.encode_to_vec()), CONV_CACHE_TTL).await.map_err(kv_err)
     }
 
-    /// Deletes cached views of a conversation after a write.
+    /// Deletes cached views of a conversation after a write, and once more a
+    /// moment later: a reader that read the database before the write may
+    /// put its old copy back in between ("delayed double delete").
     async fn invalidate(&self, conversation_id: &str, members: &[i64]) -> Result<(), Status> {
         let mut keys = vec![keys::conversation_info(conversation_id), keys::member_ids(conversation_id)];
         keys.extend(members.iter().map(|u| keys::member(conversation_id, *u)));
-        self.kv.del(&keys).await.map_err(kv_err)
+        self.kv.del(&keys).await.map_err(kv_err)?;
+        let kv = self.kv.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(REINVALIDATE_AFTER).await;
+            if let Err(e) = kv.del(&keys).await {
+                tracing::warn!(error = %e, "delayed cache invalidation failed");
+            }
+        });
+        Ok(())
     }
 
     async fn users_cached(&self, ids: &[i64]) -> Result<Vec<User>, Status> {
@@ -320,9 +344,16 @@ impl Repo for RepoService {
     async fn update_read_pointer(&self, req: Request<ReadPointerRequest>) -> R<ReadPointerResponse> {
         let r = req.into_inner();
         let conv = self.store.get_conversation(&r.conversation_id).await.map_err(db)?.ok_or_else(|| not_found("conversation"))?;
-        // Not capped at `last_seq_id`: storage lags the live seq counter, and a
-        // client may mark a message read that it received before it was stored.
-        let (last_read, moved) = self.store.update_read_pointer(r.user_id, &r.conversation_id, r.seq_id, now_ms()).await.map_err(db)?;
+        // Storage lags the live seq counter (a client may mark a message read
+        // that it received before it was stored), so the cap is the higher of
+        // the two; nothing beyond it exists.
+        let live = self.kv.seq_current(&r.conversation_id).await.map_err(kv_err)?.unwrap_or(0);
+        let newest = conv.last_seq_id.max(live);
+        let (last_read, moved) = if r.seq_id <= 0 {
+            (self.store.read_pointer(r.user_id, &r.conversation_id).await.map_err(db)?, false)
+        } else {
+            self.store.update_read_pointer(r.user_id, &r.conversation_id, r.seq_id.min(newest), now_ms()).await.map_err(db)?
+        };
         ok(ReadPointerResponse { last_read_seq_id: last_read, unread_count: (conv.last_seq_id - last_read).max(0), moved })
     }
 
@@ -398,29 +429,31 @@ impl Repo for RepoService {
         let r = req.into_inner();
         let key = keys::idempotency(r.user_id, &r.client_msg_id);
         let ttl = Duration::from_millis(r.ttl_ms.max(1000) as u64);
-        // Value: empty while the first send is in flight, then "message_id:seq_id".
-        match self.kv.set_nx(&key, Bytes::new(), ttl).await.map_err(kv_err)? {
+        // Value: empty while the first send is in flight, then "message_id:seq_id:conversation_id".
+        match self.kv.set_nx(&key, Bytes::new(), CLAIM_TTL.min(ttl)).await.map_err(kv_err)? {
             None => {
-                // Not in the KV store; the message may still be stored from before
-                // the KV store lost its keys (restart). The database is the truth.
+                // Not in the KV store; the message may still be stored from
+                // before (the KV store forgets after its TTL or a restart).
+                // The database is the truth.
                 if let Some(m) = self.store.find_message_by_client_id(r.user_id, &r.client_msg_id).await.map_err(db)? {
-                    let v = format!("{}:{}", m.id, m.seq_id);
-                    self.kv.set(&key, Bytes::from(v), ttl).await.map_err(kv_err)?;
-                    return ok(IdempotencyResult { claimed: false, message_id: m.id, seq_id: m.seq_id, pending: false });
+                    self.kv.set(&key, idem_value(m.id, m.seq_id, &m.conversation_id), ttl).await.map_err(kv_err)?;
+                    return ok(IdempotencyResult {
+                        claimed: false,
+                        message_id: m.id,
+                        seq_id: m.seq_id,
+                        pending: false,
+                        conversation_id: m.conversation_id,
+                    });
                 }
                 ok(IdempotencyResult { claimed: true, ..Default::default() })
             }
             Some(v) if v.is_empty() => ok(IdempotencyResult { claimed: false, pending: true, ..Default::default() }),
-            Some(v) => {
-                let parsed = std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.split_once(':'))
-                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
-                match parsed {
-                    Some((message_id, seq_id)) => ok(IdempotencyResult { claimed: false, message_id, seq_id, pending: false }),
-                    None => Err(AppError::internal("corrupt idempotency record").to_status()),
+            Some(v) => match parse_idem_value(&v) {
+                Some((message_id, seq_id, conversation_id)) => {
+                    ok(IdempotencyResult { claimed: false, message_id, seq_id, pending: false, conversation_id })
                 }
-            }
+                None => Err(AppError::internal("corrupt idempotency record").to_status()),
+            },
         }
     }
 
@@ -431,7 +464,7 @@ impl Repo for RepoService {
             self.kv.del(&[key]).await.map_err(kv_err)?;
         } else {
             let ttl = Duration::from_millis(r.ttl_ms.max(1000) as u64);
-            self.kv.set(&key, Bytes::from(format!("{}:{}", r.message_id, r.seq_id)), ttl).await.map_err(kv_err)?;
+            self.kv.set(&key, idem_value(r.message_id, r.seq_id, &r.conversation_id), ttl).await.map_err(kv_err)?;
         }
         ok(Empty {})
     }
@@ -461,17 +494,18 @@ impl Repo for RepoService {
         ok(PresenceResponse { entries: self.kv.presence_get(&ids).await.map_err(kv_err)? })
     }
 
-    async fn revoke_token(&self, req: Request<RevokeTokenRequest>) -> R<Empty> {
+    async fn revoke_token(&self, req: Request<RevokeTokenRequest>) -> R<RevokeTokenResponse> {
         let r = req.into_inner();
         let now = now_ms();
-        // The store first: a revocation is not reported done until it would survive a restart.
-        self.store.revoke_token(&r.jti, r.expires_at_ms, now).await.map_err(db)?;
+        // The store first: a revocation is not reported done until it would
+        // survive a restart, and its write lock makes "first" well defined.
+        let newly_revoked = self.store.revoke_token(&r.jti, r.expires_at_ms, now).await.map_err(db)?;
         let ttl_ms = (r.expires_at_ms - now).max(1000) as u64;
         self.kv
             .set(&keys::revoked(&r.jti), Bytes::from(r.expires_at_ms.to_string()), Duration::from_millis(ttl_ms))
             .await
             .map_err(kv_err)?;
-        ok(Empty {})
+        ok(RevokeTokenResponse { newly_revoked })
     }
 
     async fn is_token_revoked(&self, req: Request<TokenId>) -> R<BoolValue> {

@@ -19,6 +19,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+/// Clock skew tolerated when checking `exp`.
+pub const LEEWAY_SECS: u64 = 5;
+
 /// Token type claim values.
 pub const ACCESS: &str = "access";
 pub const REFRESH: &str = "refresh";
@@ -69,7 +72,7 @@ pub struct TokenKeys {
 impl TokenKeys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self { enc: EncodingKey::from_secret(secret), dec: DecodingKey::from_secret(secret), validation }
     }

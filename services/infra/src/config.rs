@@ -40,6 +40,11 @@ pub struct HttpConfig {
     /// Requests per second per client IP (token bucket), and its burst.
     pub rate_per_ip: u32,
     pub burst_per_ip: u32,
+    /// Account creations (register, guest) per second per IP, and the burst.
+    pub signup_rate_per_ip: u32,
+    pub signup_burst_per_ip: u32,
+    /// Bearer token for `/admin/*`; empty = those endpoints answer loopback clients only.
+    pub admin_token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +84,9 @@ pub struct ChatConfig {
     pub max_content_bytes: usize,
     /// Groups with more members than this are fanned out by im-task.
     pub large_group_threshold: u64,
+    /// How long the KV store remembers a `client_msg_id` (fast path). The
+    /// database (unique per sender + client_msg_id) remembers it for good,
+    /// so this only bounds memory: 24 h × thousands of msg/s would not fit.
     pub idempotency_ttl_secs: u64,
     pub max_group_members: u64,
 }
@@ -139,6 +147,9 @@ impl Default for HttpConfig {
             cors_origins: vec!["*".into()],
             rate_per_ip: 200,
             burst_per_ip: 400,
+            signup_rate_per_ip: 5,
+            signup_burst_per_ip: 50,
+            admin_token: String::new(),
         }
     }
 }
@@ -168,7 +179,7 @@ impl Default for AuthConfig {
 
 impl Default for ChatConfig {
     fn default() -> Self {
-        Self { max_content_bytes: 4096, large_group_threshold: 500, idempotency_ttl_secs: 24 * 3600, max_group_members: 100_000 }
+        Self { max_content_bytes: 4096, large_group_threshold: 500, idempotency_ttl_secs: 600, max_group_members: 100_000 }
     }
 }
 
@@ -289,8 +300,12 @@ impl Config {
         if self.ws.max_connections_per_user == 0 || self.ws.rate_per_sec == 0 || self.ws.burst == 0 {
             return bad("ws.max_connections_per_user, ws.rate_per_sec and ws.burst must be > 0".into());
         }
-        if self.http.rate_per_ip == 0 || self.http.burst_per_ip == 0 {
-            return bad("http.rate_per_ip and http.burst_per_ip must be > 0".into());
+        if self.http.rate_per_ip == 0
+            || self.http.burst_per_ip == 0
+            || self.http.signup_rate_per_ip == 0
+            || self.http.signup_burst_per_ip == 0
+        {
+            return bad("http.rate_per_ip, http.burst_per_ip, http.signup_rate_per_ip and http.signup_burst_per_ip must be > 0".into());
         }
         if self.chat.max_content_bytes == 0 || self.chat.max_content_bytes > self.ws.max_frame_bytes {
             return bad("chat.max_content_bytes must be > 0 and <= ws.max_frame_bytes".into());

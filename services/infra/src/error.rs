@@ -110,9 +110,11 @@ impl ErrorCode {
         ErrorCode::ALL.into_iter().find(|c| c.wire_name() == s)
     }
 
-    /// Whether retrying the same call later may succeed.
+    /// Whether the same internal call may succeed if repeated later (a
+    /// backend outage). `RATE_LIMITED` is an answer for the client, not a
+    /// reason for a consumer to hold its partition.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::RateLimited)
+        matches!(self, ErrorCode::Unavailable)
     }
 }
 

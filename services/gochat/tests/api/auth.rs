@@ -163,3 +163,34 @@ async fn profile_update_and_search() {
     let (s, _) = app.get("/api/users/search?q=a&limit=abc", &a.token).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn concurrent_refreshes_with_one_token_yield_one_new_pair() {
+    let app = spawn_app().await;
+    let a = app.user("alice").await;
+    let body = json!({"refreshToken": a.refresh});
+    let (r1, r2, r3) = tokio::join!(
+        app.post("/api/auth/refresh", None, body.clone()),
+        app.post("/api/auth/refresh", None, body.clone()),
+        app.post("/api/auth/refresh", None, body.clone()),
+    );
+    let ok = [r1.0, r2.0, r3.0].iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(ok, 1, "exactly one rotation wins: {:?}", [r1.0, r2.0, r3.0]);
+}
+
+#[tokio::test]
+async fn account_creation_is_rate_limited_per_ip() {
+    let app = spawn_app_with(|c| {
+        c.http.signup_rate_per_ip = 1;
+        c.http.signup_burst_per_ip = 2;
+    })
+    .await;
+    let (s1, _) = app.post("/api/auth/guest", None, json!({})).await;
+    let (s2, _) = app.post("/api/auth/register", None, json!({"username": "alice", "password": PASSWORD})).await;
+    let (s3, v) = app.post("/api/auth/guest", None, json!({})).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!((s3, v["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("RATE_LIMITED")));
+    // Logging in is not account creation.
+    let (s, _) = app.post("/api/auth/login", None, json!({"username": "alice", "password": PASSWORD})).await;
+    assert_eq!(s, StatusCode::OK);
+}

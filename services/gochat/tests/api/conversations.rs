@@ -185,3 +185,22 @@ async fn sql_looking_strings_are_stored_verbatim() {
     let (s, _) = app.get("/api/users/profile", &a.token).await;
     assert_eq!(s, StatusCode::OK, "users table still there");
 }
+
+#[tokio::test]
+async fn the_read_pointer_cannot_pass_the_newest_message() {
+    let app = spawn_app().await;
+    let a = app.user("alice").await;
+    let b = app.user("bob").await;
+    let c = app.single(&a, &b).await;
+    app.send_rest(&a, &c, "one").await;
+    app.send_rest(&a, &c, "two").await;
+    app.stored(&b, &c, 2).await;
+    let (s, v) = app.put(&format!("/api/conversations/{c}/read"), &b.token, json!({"seqId": 1_000_000_000_000i64})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["lastReadSeqId"], 2);
+    assert_eq!(v["data"]["unreadCount"], 0);
+    app.send_rest(&a, &c, "three").await;
+    app.stored(&b, &c, 3).await;
+    let (_, v) = app.get(&format!("/api/conversations/{c}"), &b.token).await;
+    assert_eq!(v["data"]["unreadCount"], 1, "the next message is unread: {v}");
+}

@@ -68,6 +68,8 @@ fn start_server(dir: &std::path::Path) -> Server {
         .env("GOCHAT_LOG", "warn")
         .env("GOCHAT_HTTP__RATE_PER_IP", "100000")
         .env("GOCHAT_HTTP__BURST_PER_IP", "100000")
+        .env("GOCHAT_HTTP__SIGNUP_RATE_PER_IP", "100000")
+        .env("GOCHAT_HTTP__SIGNUP_BURST_PER_IP", "100000")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -51,6 +51,8 @@ pub fn test_config(dir: &Path) -> Config {
     c.data.dir = dir.to_path_buf();
     c.http.rate_per_ip = 100_000;
     c.http.burst_per_ip = 100_000;
+    c.http.signup_rate_per_ip = 100_000;
+    c.http.signup_burst_per_ip = 100_000;
     c.log.format = "pretty".into();
     c.log.level = "warn".into();
     c

@@ -119,3 +119,30 @@ fn routed() -> Vec<(String, String)> {
     }
     out
 }
+
+#[tokio::test]
+async fn bad_path_encoding_is_a_validation_error() {
+    let app = spawn_app().await;
+    let a = app.user("alice").await;
+    let (s, v) = app.get("/api/conversations/%FF%FE", &a.token).await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("VALIDATION_ERROR")), "{v}");
+}
+
+#[tokio::test]
+async fn admin_shards_answers_loopback_or_the_admin_token() {
+    let app = spawn_app().await;
+    let a = app.user("alice").await;
+    let _ws = app.ws(&a).await;
+    let r = app.client.get(format!("{}/admin/shards", app.base)).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    let shards = v["data"]["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 1);
+    assert_eq!(shards[0]["connections"], 1, "{v}");
+
+    let app = spawn_app_with(|c| c.http.admin_token = "s3cret-admin-token".into()).await;
+    let r = app.client.get(format!("{}/admin/shards", app.base)).send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = app.client.get(format!("{}/admin/shards", app.base)).bearer_auth("s3cret-admin-token").send().await.expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -187,3 +187,26 @@ fn fanout_records(metrics: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+#[tokio::test]
+async fn a_client_msg_id_cannot_be_reused_in_another_conversation() {
+    let app = spawn_app().await;
+    let a = app.user("alice").await;
+    let b = app.user("bob").await;
+    let c = app.user("carol").await;
+    let ab = app.single(&a, &b).await;
+    let ac = app.single(&a, &c).await;
+    let (s, _) =
+        app.post(&format!("/api/conversations/{ab}/messages"), Some(&a.token), json!({"content": "to bob", "client_msg_id": "same"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = app
+        .post(&format!("/api/conversations/{ac}/messages"), Some(&a.token), json!({"content": "to carol", "client_msg_id": "same"}))
+        .await;
+    assert_eq!((s, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("VALIDATION_ERROR")), "{v}");
+    let mut ws = app.ws(&a).await;
+    ws.send_message(&ac, "to carol", "same").await;
+    let e = ws.next_of("error").await;
+    assert_eq!((e["data"]["code"].as_str(), e["data"]["client_msg_id"].as_str()), (Some("VALIDATION_ERROR"), Some("same")));
+    let (_, v) = app.get(&format!("/api/conversations/{ac}/messages"), &c.token).await;
+    assert_eq!(v["data"]["messages"].as_array().map(Vec::len), Some(0), "nothing stored for carol");
+}

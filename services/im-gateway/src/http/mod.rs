@@ -43,6 +43,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Vec<(String, HealthCheck)>>,
     pub ip_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Account creation (register, guest) per IP: much stricter.
+    pub signup_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     /// Refreshes engine gauges right before `/metrics` renders.
     pub on_scrape: Arc<dyn Fn() + Send + Sync>,
     /// Current per-shard figures of the WebSocket engine (empty once stopped).
@@ -52,10 +54,18 @@ pub struct HttpState {
 
 impl HttpState {
     pub fn ip_limiter(config: &Config) -> Arc<DefaultKeyedRateLimiter<IpAddr>> {
-        let per_sec = std::num::NonZeroU32::new(config.http.rate_per_ip).unwrap_or(std::num::NonZeroU32::MIN);
-        let burst = std::num::NonZeroU32::new(config.http.burst_per_ip).unwrap_or(per_sec);
-        Arc::new(RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)))
+        keyed(config.http.rate_per_ip, config.http.burst_per_ip)
     }
+
+    pub fn signup_limiter(config: &Config) -> Arc<DefaultKeyedRateLimiter<IpAddr>> {
+        keyed(config.http.signup_rate_per_ip, config.http.signup_burst_per_ip)
+    }
+}
+
+fn keyed(rate: u32, burst: u32) -> Arc<DefaultKeyedRateLimiter<IpAddr>> {
+    let per_sec = std::num::NonZeroU32::new(rate).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(burst).unwrap_or(per_sec);
+    Arc::new(RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)))
 }
 
 /// The OpenAPI document served at `/api/openapi.json` (checked against the
@@ -108,10 +118,11 @@ async fn rate_limit(State(state): State<HttpState>, req: Request, next: Next) ->
         return next.run(req).await;
     }
     let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    if let Some(ip) = ip
-        && state.ip_limiter.check_key(&ip).is_err()
-    {
-        return ApiError(AppError::new(ErrorCode::RateLimited, "too many requests; slow down")).into_response();
+    if let Some(ip) = ip {
+        let signup = matches!(req.uri().path(), "/api/auth/register" | "/api/auth/guest");
+        if state.ip_limiter.check_key(&ip).is_err() || (signup && state.signup_limiter.check_key(&ip).is_err()) {
+            return ApiError(AppError::new(ErrorCode::RateLimited, "too many requests; slow down")).into_response();
+        }
     }
     next.run(req).await
 }
@@ -170,6 +181,47 @@ fn json_rejection_message(rej: &JsonRejection) -> String {
         JsonRejection::BytesRejection(_) => "request body is too large or unreadable".into(),
         other => other.body_text(),
     }
+}
+
+/// Path parameters whose rejections (bad percent-encoding, ...) become `VALIDATION_ERROR`.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Result::Ok(axum::extract::Path(v)) => Result::Ok(PathParams(v)),
+            Err(rej) => Err(ApiError(AppError::validation(rej.body_text()))),
+        }
+    }
+}
+
+/// Operator access to `/admin/*`: the configured admin token as a bearer
+/// token, or — when none is configured — a request from a loopback address.
+pub struct Admin;
+
+impl FromRequestParts<HttpState> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Self::Rejection> {
+        let expected = &state.config.http.admin_token;
+        if expected.is_empty() {
+            let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+            return match peer {
+                Some(ip) if ip.is_loopback() => Result::Ok(Admin),
+                _ => Err(ApiError(AppError::forbidden("admin endpoints answer loopback only unless http.admin_token is set"))),
+            };
+        }
+        let given = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
+        if given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), expected.as_bytes())) {
+            Result::Ok(Admin)
+        } else {
+            Err(ApiError(AppError::unauthorized("admin token required")))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Query string whose rejections become `VALIDATION_ERROR`.

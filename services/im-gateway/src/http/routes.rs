@@ -2,7 +2,7 @@
 //! knows (path and query shapes), calls logic, and shapes the JSON.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tonic::Request;
 
-use super::{ApiError, ApiResult, Auth, Body, HttpState, OPENAPI, Ok, QueryParams};
+use super::{ApiError, ApiResult, Auth, Body, HttpState, OPENAPI, Ok, PathParams, QueryParams};
 use crate::dto;
 
 pub fn api() -> Router<HttpState> {
@@ -97,7 +97,8 @@ async fn metrics(State(s): State<HttpState>) -> Response {
 
 /// Per-shard engine figures for `gochat shards` (counters are totals since
 /// start; the command turns them into rates).
-async fn shards(State(s): State<HttpState>) -> Response {
+async fn shards(State(s): State<HttpState>, admin: super::Admin) -> Response {
+    let _ = admin;
     let shards: Vec<serde_json::Value> = (s.shard_stats)()
         .into_iter()
         .map(|st| {
@@ -149,7 +150,11 @@ async fn login(State(s): State<HttpState>, Body(b): Body<CredentialsBody>) -> Ap
     Result::Ok(Ok(StatusCode::OK, "logged in", tokens(t)))
 }
 
-async fn guest(State(s): State<HttpState>, body: axum::body::Bytes) -> ApiResult<Ok<serde_json::Value>> {
+async fn guest(
+    State(s): State<HttpState>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Ok<serde_json::Value>> {
+    let body = body.map_err(|_| ApiError(AppError::validation("request body is too large or unreadable")))?;
     // The body is optional; when present it must be a JSON object.
     if !body.iter().all(u8::is_ascii_whitespace) && !serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.is_object()) {
         return Err(ApiError(AppError::validation("body must be empty or a JSON object")));
@@ -279,7 +284,7 @@ async fn create_conversation(
     Result::Ok(Ok(status, msg, dto::Conversation::from(conv)))
 }
 
-async fn get_conversation(State(s): State<HttpState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Ok<dto::Conversation>> {
+async fn get_conversation(State(s): State<HttpState>, auth: Auth, PathParams(id): PathParams<String>) -> ApiResult<Ok<dto::Conversation>> {
     let out = rpc(s.logic.get_conversation(Request::new(pb::ConversationRef { caller: Some(auth.caller), conversation_id: id }))).await?;
     let mut conv = dto::Conversation::from(out.conversation.ok_or_else(|| ApiError(AppError::internal("no conversation returned")))?);
     conv.members = Some(out.members.into_iter().map(dto::Member::from).collect());
@@ -297,7 +302,7 @@ struct UpdateConversationBody {
 async fn update_conversation(
     State(s): State<HttpState>,
     auth: Auth,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     Body(b): Body<UpdateConversationBody>,
 ) -> ApiResult<Ok<dto::Conversation>> {
     let req = pb::UpdateConversationRequest {
@@ -321,7 +326,7 @@ struct HistoryQuery {
 async fn history(
     State(s): State<HttpState>,
     auth: Auth,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<HistoryQuery>,
 ) -> ApiResult<Ok<serde_json::Value>> {
     let limit = q.limit.unwrap_or(50);
@@ -349,7 +354,7 @@ fn text_type() -> i32 {
 async fn send_message(
     State(s): State<HttpState>,
     auth: Auth,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     Body(b): Body<SendBody>,
 ) -> ApiResult<Ok<dto::Message>> {
     let req = pb::SendMessageRequest {
@@ -362,7 +367,12 @@ async fn send_message(
         gateway_id: None,
         extra: None,
     };
-    let m = rpc(s.logic.send_message(Request::new(req))).await?;
+    // Detached: a client that disconnects mid-send must not cancel the send
+    // half-way (its claim on the client_msg_id, a taken seqId).
+    let logic = s.logic.clone();
+    let m = tokio::spawn(async move { rpc(logic.send_message(Request::new(req))).await })
+        .await
+        .map_err(|_| ApiError(AppError::internal("send task failed")))??;
     Result::Ok(Ok(StatusCode::CREATED, "message sent", dto::Message::from(m)))
 }
 
@@ -375,7 +385,7 @@ struct ReadBody {
 async fn mark_read(
     State(s): State<HttpState>,
     auth: Auth,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     Body(b): Body<ReadBody>,
 ) -> ApiResult<Ok<serde_json::Value>> {
     let out =
@@ -387,7 +397,7 @@ async fn mark_read(
 async fn list_members(
     State(s): State<HttpState>,
     auth: Auth,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Ok<serde_json::Value>> {
     check_page(&q, 200)?;
@@ -411,7 +421,7 @@ struct MembersBody {
 async fn add_members(
     State(s): State<HttpState>,
     auth: Auth,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     Body(b): Body<MembersBody>,
 ) -> ApiResult<Ok<serde_json::Value>> {
     let req = pb::AddMembersRequest { caller: Some(auth.caller), conversation_id: id, user_ids: parse_ids("members[]", &b.members)? };
@@ -423,7 +433,7 @@ async fn add_members(
 async fn remove_member(
     State(s): State<HttpState>,
     auth: Auth,
-    Path((id, user)): Path<(String, String)>,
+    PathParams((id, user)): PathParams<(String, String)>,
 ) -> ApiResult<Ok<serde_json::Value>> {
     let user_id = parse_id("userId", &user)?;
     rpc(s.logic.remove_member(Request::new(pb::MemberRef { caller: Some(auth.caller), conversation_id: id, user_id }))).await?;
@@ -438,7 +448,7 @@ struct RoleBody {
 async fn update_member(
     State(s): State<HttpState>,
     auth: Auth,
-    Path((id, user)): Path<(String, String)>,
+    PathParams((id, user)): PathParams<(String, String)>,
     Body(b): Body<RoleBody>,
 ) -> ApiResult<Ok<dto::Member>> {
     let user_id = parse_id("userId", &user)?;
@@ -498,7 +508,7 @@ struct HandleBody {
 async fn handle_friend_request(
     State(s): State<HttpState>,
     auth: Auth,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     Body(b): Body<HandleBody>,
 ) -> ApiResult<Ok<dto::FriendRequest>> {
     let request_id = parse_id("id", &id)?;

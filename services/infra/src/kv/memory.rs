@@ -1,9 +1,14 @@
-//! In-process [`Kv`]: the embedded mode's Redis. Expiry is checked on every
-//! read and swept by [`MemoryKv::sweep`] (run periodically by the repo
-//! service), so expired keys neither show up nor pile up. Times come from
-//! `tokio::time`, so tests can pause the clock.
+//! In-process [`Kv`]: the embedded mode's Redis.
+//!
+//! The key space is split over [`SHARDS`] independently locked maps (by a
+//! hash of the key, or of the user id for presence), so one busy key does
+//! not serialize the others and [`MemoryKv::sweep`] (run periodically by
+//! the embedded app) frees expired entries one shard at a time without
+//! stopping every caller. Expiry is also checked on every read. Times come
+//! from `tokio::time`, so tests can pause the clock.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,8 +19,11 @@ use tokio::time::Instant;
 
 use super::{Kv, KvResult};
 
+/// Independently locked parts of the key space.
+pub const SHARDS: usize = 16;
+
 #[derive(Default)]
-struct Inner {
+struct Shard {
     seqs: HashMap<String, i64>,
     values: HashMap<String, (Bytes, Instant)>,
     /// user -> conn -> (gateway, expiry)
@@ -23,9 +31,20 @@ struct Inner {
 }
 
 /// The embedded key-value store.
-#[derive(Default)]
 pub struct MemoryKv {
-    inner: Mutex<Inner>,
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl Default for MemoryKv {
+    fn default() -> Self {
+        Self { shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect() }
+    }
+}
+
+fn index<K: Hash + ?Sized>(key: &K) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % SHARDS
 }
 
 impl MemoryKv {
@@ -33,15 +52,36 @@ impl MemoryKv {
         Self::default()
     }
 
-    /// Drops every expired key and presence entry.
+    fn shard<K: Hash + ?Sized>(&self, key: &K) -> parking_lot::MutexGuard<'_, Shard> {
+        self.shards[index(key)].lock()
+    }
+
+    /// Drops every expired key and presence entry, one shard at a time.
     pub fn sweep(&self) {
-        let now = Instant::now();
-        let mut g = self.inner.lock();
-        g.values.retain(|_, (_, exp)| *exp > now);
-        g.presence.retain(|_, conns| {
-            conns.retain(|_, (_, exp)| *exp > now);
-            !conns.is_empty()
-        });
+        for shard in &self.shards {
+            let now = Instant::now();
+            let mut g = shard.lock();
+            g.values.retain(|_, (_, exp)| *exp > now);
+            g.presence.retain(|_, conns| {
+                conns.retain(|_, (_, exp)| *exp > now);
+                !conns.is_empty()
+            });
+        }
+    }
+
+    /// Number of live keys (values and counters), for tests and metrics.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let g = s.lock();
+                g.values.len() + g.seqs.len()
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -52,21 +92,24 @@ fn live_count(conns: &HashMap<String, (String, Instant)>, now: Instant) -> usize
 #[async_trait]
 impl Kv for MemoryKv {
     async fn seq_incr(&self, conversation_id: &str) -> KvResult<Option<i64>> {
-        let mut g = self.inner.lock();
-        Ok(g.seqs.get_mut(conversation_id).map(|v| {
+        Ok(self.shard(conversation_id).seqs.get_mut(conversation_id).map(|v| {
             *v += 1;
             *v
         }))
     }
 
     async fn seq_seed(&self, conversation_id: &str, value: i64) -> KvResult<()> {
-        self.inner.lock().seqs.entry(conversation_id.to_string()).or_insert(value);
+        self.shard(conversation_id).seqs.entry(conversation_id.to_string()).or_insert(value);
         Ok(())
+    }
+
+    async fn seq_current(&self, conversation_id: &str) -> KvResult<Option<i64>> {
+        Ok(self.shard(conversation_id).seqs.get(conversation_id).copied())
     }
 
     async fn set_nx(&self, key: &str, value: Bytes, ttl: Duration) -> KvResult<Option<Bytes>> {
         let now = Instant::now();
-        let mut g = self.inner.lock();
+        let mut g = self.shard(key);
         if let Some((v, exp)) = g.values.get(key)
             && *exp > now
         {
@@ -77,38 +120,37 @@ impl Kv for MemoryKv {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> KvResult<()> {
-        self.inner.lock().values.insert(key.to_string(), (value, Instant::now() + ttl));
+        self.shard(key).values.insert(key.to_string(), (value, Instant::now() + ttl));
         Ok(())
     }
 
     async fn get(&self, key: &str) -> KvResult<Option<Bytes>> {
         let now = Instant::now();
-        Ok(self.inner.lock().values.get(key).filter(|(_, exp)| *exp > now).map(|(v, _)| v.clone()))
+        Ok(self.shard(key).values.get(key).filter(|(_, exp)| *exp > now).map(|(v, _)| v.clone()))
     }
 
     async fn del(&self, keys: &[String]) -> KvResult<()> {
-        let mut g = self.inner.lock();
         for k in keys {
-            g.values.remove(k);
+            self.shard(k.as_str()).values.remove(k);
         }
         Ok(())
     }
 
     async fn scan_prefix(&self, prefix: &str) -> KvResult<Vec<(String, Bytes)>> {
         let now = Instant::now();
-        Ok(self
-            .inner
-            .lock()
-            .values
-            .iter()
-            .filter(|(k, (_, exp))| k.starts_with(prefix) && *exp > now)
-            .map(|(k, (v, _))| (k.clone(), v.clone()))
-            .collect())
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let g = shard.lock();
+            out.extend(
+                g.values.iter().filter(|(k, (_, exp))| k.starts_with(prefix) && *exp > now).map(|(k, (v, _))| (k.clone(), v.clone())),
+            );
+        }
+        Ok(out)
     }
 
     async fn presence_add(&self, entry: &PresenceEntry, ttl: Duration) -> KvResult<usize> {
         let now = Instant::now();
-        let mut g = self.inner.lock();
+        let mut g = self.shard(&entry.user_id);
         let conns = g.presence.entry(entry.user_id).or_default();
         conns.insert(entry.conn_id.clone(), (entry.gateway_id.clone(), now + ttl));
         Ok(live_count(conns, now))
@@ -116,7 +158,7 @@ impl Kv for MemoryKv {
 
     async fn presence_remove(&self, user_id: i64, conn_id: &str) -> KvResult<usize> {
         let now = Instant::now();
-        let mut g = self.inner.lock();
+        let mut g = self.shard(&user_id);
         let Some(conns) = g.presence.get_mut(&user_id) else { return Ok(0) };
         conns.remove(conn_id);
         let left = live_count(conns, now);
@@ -128,18 +170,20 @@ impl Kv for MemoryKv {
 
     async fn presence_refresh(&self, entries: &[PresenceEntry], ttl: Duration) -> KvResult<()> {
         let exp = Instant::now() + ttl;
-        let mut g = self.inner.lock();
         for e in entries {
-            g.presence.entry(e.user_id).or_default().insert(e.conn_id.clone(), (e.gateway_id.clone(), exp));
+            let mut g = self.shard(&e.user_id);
+            if let Some(slot) = g.presence.get_mut(&e.user_id).and_then(|conns| conns.get_mut(&e.conn_id)) {
+                *slot = (e.gateway_id.clone(), exp);
+            }
         }
         Ok(())
     }
 
     async fn presence_get(&self, user_ids: &[i64]) -> KvResult<Vec<PresenceEntry>> {
         let now = Instant::now();
-        let g = self.inner.lock();
         let mut out = Vec::new();
         for uid in user_ids {
+            let g = self.shard(uid);
             if let Some(conns) = g.presence.get(uid) {
                 for (conn, (gw, exp)) in conns {
                     if *exp > now {
@@ -164,10 +208,12 @@ mod tests {
     async fn seq_needs_a_seed_then_counts_up() {
         let kv = MemoryKv::new();
         assert_eq!(kv.seq_incr("c").await.expect("incr"), None);
+        assert_eq!(kv.seq_current("c").await.expect("get"), None);
         kv.seq_seed("c", 41).await.expect("seed");
         kv.seq_seed("c", 0).await.expect("second seed is ignored");
         assert_eq!(kv.seq_incr("c").await.expect("incr"), Some(42));
         assert_eq!(kv.seq_incr("c").await.expect("incr"), Some(43));
+        assert_eq!(kv.seq_current("c").await.expect("get"), Some(43));
     }
 
     #[tokio::test(start_paused = true)]
@@ -191,13 +237,26 @@ mod tests {
         assert_eq!(kv.presence_add(&entry(1, "b"), ttl).await.expect("add"), 2);
         assert_eq!(kv.presence_remove(1, "a").await.expect("rm"), 1);
         tokio::time::advance(Duration::from_secs(60)).await;
-        kv.presence_refresh(&[entry(1, "b")], ttl).await.expect("refresh");
+        kv.presence_refresh(&[entry(1, "b"), entry(1, "a")], ttl).await.expect("refresh");
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(kv.presence_get(&[1, 2]).await.expect("get").len(), 1, "refreshed entry lives on");
+        let live = kv.presence_get(&[1, 2]).await.expect("get");
+        assert_eq!(live.len(), 1, "refreshed entry lives on; the removed one is not brought back: {live:?}");
+        assert_eq!(live[0].conn_id, "b");
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(kv.presence_get(&[1]).await.expect("get").is_empty(), "expired without refresh");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_frees_expired_keys_in_every_shard() {
+        let kv = MemoryKv::new();
+        for i in 0..200 {
+            kv.set(&format!("k{i}"), Bytes::from_static(b"v"), Duration::from_secs(if i % 2 == 0 { 1 } else { 100 })).await.expect("set");
+        }
+        kv.presence_add(&entry(7, "x"), Duration::from_secs(1)).await.expect("add");
+        tokio::time::advance(Duration::from_secs(2)).await;
         kv.sweep();
-        assert!(kv.inner.lock().presence.is_empty());
+        assert_eq!(kv.len(), 100);
+        assert!(kv.shards.iter().all(|s| s.lock().presence.is_empty()));
     }
 
     #[tokio::test]

@@ -25,6 +25,8 @@ pub trait Kv: Send + Sync + 'static {
     async fn seq_incr(&self, conversation_id: &str) -> KvResult<Option<i64>>;
     /// Sets the counter to `value` if it is missing (`SET NX`).
     async fn seq_seed(&self, conversation_id: &str, value: i64) -> KvResult<()>;
+    /// The counter's current value (`GET`), without taking one.
+    async fn seq_current(&self, conversation_id: &str) -> KvResult<Option<i64>>;
 
     /// `SET key value NX PX ttl`: `None` when this call took the key,
     /// otherwise the value that holds it.
@@ -40,7 +42,8 @@ pub trait Kv: Send + Sync + 'static {
     async fn presence_add(&self, entry: &PresenceEntry, ttl: Duration) -> KvResult<usize>;
     /// `HDEL`; returns the number of live connections left.
     async fn presence_remove(&self, user_id: i64, conn_id: &str) -> KvResult<usize>;
-    /// Re-adds the entries and extends their expiry (heartbeat).
+    /// Extends the expiry of entries that are still present (heartbeat); an
+    /// entry removed meanwhile (the connection closed) is not brought back.
     async fn presence_refresh(&self, entries: &[PresenceEntry], ttl: Duration) -> KvResult<()>;
     /// Live connections of these users.
     async fn presence_get(&self, user_ids: &[i64]) -> KvResult<Vec<PresenceEntry>>;

@@ -142,6 +142,8 @@ pub trait Store: Send + Sync + 'static {
     /// Moves the read pointer to `max(current, seq_id)`; returns the pointer
     /// after the call and whether it moved.
     async fn update_read_pointer(&self, user_id: i64, conversation_id: &str, seq_id: i64, now_ms: i64) -> StoreResult<(i64, bool)>;
+    /// The user's read pointer in the conversation (0 when none); read-only.
+    async fn read_pointer(&self, user_id: i64, conversation_id: &str) -> StoreResult<i64>;
     /// Moves many pointers forward (never back) in one transaction: after a
     /// batch is stored, its senders have read their own messages.
     async fn advance_read_pointers(&self, pointers: &[(i64, String, i64)], now_ms: i64) -> StoreResult<()>;
@@ -166,8 +168,9 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- token revocation -------------------------------------------------------
     /// Records a revoked token id until `expires_at_ms` (keeps the later
-    /// expiry if already there) and forgets revocations that expired by `now_ms`.
-    async fn revoke_token(&self, jti: &str, expires_at_ms: i64, now_ms: i64) -> StoreResult<()>;
+    /// expiry if already there) and forgets revocations that expired by
+    /// `now_ms`. True only for the call that revoked it first.
+    async fn revoke_token(&self, jti: &str, expires_at_ms: i64, now_ms: i64) -> StoreResult<bool>;
     /// Revocations still in force at `now_ms`.
     async fn revoked_tokens(&self, now_ms: i64) -> StoreResult<Vec<(String, i64)>>;
 }

@@ -500,15 +500,16 @@ pub(crate) async fn read_pointers_advance_in_bulk(store: &dyn Store) {
     store.create_conversation(&conv, &[member(1), member(2)]).await.expect("conversation");
     store.update_read_pointer(1, "g_bulk", 5, 1).await.expect("pointer");
     store.advance_read_pointers(&[(1, "g_bulk".into(), 3), (2, "g_bulk".into(), 4)], 2).await.expect("bulk");
-    assert_eq!(store.update_read_pointer(1, "g_bulk", 0, 3).await.expect("read"), (5, false), "never backwards");
-    assert_eq!(store.update_read_pointer(2, "g_bulk", 0, 3).await.expect("read"), (4, false), "created");
+    assert_eq!(store.read_pointer(1, "g_bulk").await.expect("read"), 5, "never backwards");
+    assert_eq!(store.read_pointer(2, "g_bulk").await.expect("read"), 4, "created");
+    assert_eq!(store.read_pointer(3, "g_bulk").await.expect("read"), 0, "none yet");
     store.advance_read_pointers(&[], 4).await.expect("empty is fine");
 }
 
 pub(crate) async fn revocations_expire_and_keep_the_later_expiry(store: &dyn Store) {
-    store.revoke_token("a", 5_000, 1_000).await.expect("revoke a");
-    store.revoke_token("b", 2_000, 1_000).await.expect("revoke b");
-    store.revoke_token("a", 4_000, 1_000).await.expect("revoke a again, earlier expiry");
+    assert!(store.revoke_token("a", 5_000, 1_000).await.expect("revoke a"), "first revocation");
+    assert!(store.revoke_token("b", 2_000, 1_000).await.expect("revoke b"));
+    assert!(!store.revoke_token("a", 4_000, 1_000).await.expect("revoke a again, earlier expiry"), "not the first");
     assert_eq!(store.revoked_tokens(1_000).await.expect("list"), vec![("a".to_string(), 5_000), ("b".to_string(), 2_000)]);
     assert_eq!(store.revoked_tokens(3_000).await.expect("list"), vec![("a".to_string(), 5_000)], "b expired");
     store.revoke_token("c", 9_000, 6_000).await.expect("revoke c purges the expired");

@@ -257,7 +257,11 @@ impl Store for SqliteStore {
         self.advance_read_pointers_impl(pointers, now_ms).await
     }
 
-    async fn revoke_token(&self, jti: &str, expires_at_ms: i64, now_ms: i64) -> StoreResult<()> {
+    async fn read_pointer(&self, user_id: i64, conversation_id: &str) -> StoreResult<i64> {
+        self.read_pointer_impl(user_id, conversation_id).await
+    }
+
+    async fn revoke_token(&self, jti: &str, expires_at_ms: i64, now_ms: i64) -> StoreResult<bool> {
         self.revoke_token_impl(jti, expires_at_ms, now_ms).await
     }
 
