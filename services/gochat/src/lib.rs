@@ -5,10 +5,12 @@
 //!   process on the embedded adapters (SQLite, the in-process bus with its
 //!   durable log, the in-memory KV store).
 //! - [`secret`]: the JWT secret kept in the data directory.
+//! - [`seed`]: `gochat seed`, bulk load-test users for `gochat-loadgen`.
 //! - [`shards`]: `gochat shards`, the live per-shard table of a gateway.
 
 #![forbid(unsafe_code)]
 
 pub mod embedded;
 pub mod secret;
+pub mod seed;
 pub mod shards;

@@ -20,6 +20,23 @@ struct Cli {
 enum Command {
     /// Run every service in one process (SQLite, in-process bus): nothing else to install.
     Up(UpArgs),
+    /// Bulk-create load-test users and conversations in a stopped server's data directory.
+    Seed(SeedArgs),
+    /// Live per-shard table of a running gateway (from its /admin/shards endpoint).
+    Shards(ShardsArgs),
+}
+
+#[derive(clap::Args)]
+struct ShardsArgs {
+    /// The gateway's HTTP address, e.g. http://127.0.0.1:8081.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    url: String,
+    /// Seconds between two samples (the table shows rates over that window).
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Print one table and exit.
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(clap::Args)]
@@ -39,6 +56,31 @@ struct UpArgs {
     /// TOML configuration file.
     #[arg(long, env = "GOCHAT_CONFIG")]
     config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SeedArgs {
+    /// Data directory of a stopped `gochat up` (created if missing, JWT secret included).
+    #[arg(long, env = "GOCHAT_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Users to create (registered, one known password).
+    #[arg(long)]
+    users: usize,
+    /// 1:1 chats over users 2p and 2p+1.
+    #[arg(long, default_value_t = 0)]
+    pairs: usize,
+    /// Groups over consecutive blocks of --group-size users.
+    #[arg(long, default_value_t = 0)]
+    groups: usize,
+    /// Members per group, the owner included.
+    #[arg(long, default_value_t = 10)]
+    group_size: usize,
+    /// The first M users also join the world room.
+    #[arg(long, default_value_t = 0)]
+    room_members: usize,
+    /// Where to write the users file for `gochat-loadgen --users-file`.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// sysexits EX_UNAVAILABLE / EX_SOFTWARE.
@@ -66,7 +108,71 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Up(args) => up(args),
+        Command::Seed(args) => seed(args),
+        Command::Shards(args) => shards(args),
     }
+}
+
+fn shards(args: ShardsArgs) -> ExitCode {
+    if !(0.1..=3600.0).contains(&args.interval) {
+        eprintln!("gochat: invalid arguments: --interval must be between 0.1 and 3600 seconds");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gochat: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let interval = std::time::Duration::from_secs_f64(args.interval);
+    match runtime.block_on(async {
+        tokio::select! {
+            r = gochat::shards::run(&args.url, interval, args.once) => r,
+            _ = shutdown::signal() => Ok(()),
+        }
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gochat: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+fn seed(args: SeedArgs) -> ExitCode {
+    let spec = gochat::seed::Spec {
+        users: args.users,
+        pairs: args.pairs,
+        groups: args.groups,
+        group_size: args.group_size,
+        room_members: args.room_members,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gochat: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let out = match runtime.block_on(gochat::seed::seed(&args.data_dir, spec)) {
+        Ok(v) => v,
+        Err(gochat::seed::SeedError::Spec(m)) => {
+            eprintln!("gochat: invalid arguments: {m}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+        Err(e) => {
+            eprintln!("gochat: seed failed: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    if let Err(e) = std::fs::write(&args.out, out.to_string()) {
+        eprintln!("gochat: cannot write {}: {e}", args.out.display());
+        return ExitCode::from(EXIT_FAILED);
+    }
+    println!("seeded {} users into {}; users file {}", args.users, args.data_dir.display(), args.out.display());
+    println!("secret: {}", args.data_dir.join("jwt.secret").display());
+    ExitCode::SUCCESS
 }
 
 fn up(args: UpArgs) -> ExitCode {

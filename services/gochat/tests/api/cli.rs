@@ -47,3 +47,20 @@ fn bad_configuration_is_one_line_and_exit_64() {
         assert!(err.starts_with("gochat: "), "{err}");
     }
 }
+
+#[tokio::test]
+async fn gochat_shards_prints_a_table_of_a_running_gateway() {
+    let app = crate::helpers::spawn_app().await;
+    let a = app.user("alice").await;
+    let _ws = app.ws(&a).await;
+    let base = app.base.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || gochat(&["shards", "--url", &base, "--interval", "0.2", "--once"], &[])).await.expect("joined");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("frames_out/s"), "{out}");
+    let row = out.lines().find(|l| l.trim_start().starts_with("0 ")).unwrap_or_else(|| panic!("shard row in {out}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("1"), "one connection: {out}");
+    let (code, _, err) = gochat(&["shards", "--url", "http://127.0.0.1:9", "--once"], &[]);
+    assert_eq!(code, Some(69), "unreachable gateway: {err}");
+    assert!(err.contains("cannot reach"), "{err}");
+}
