@@ -1,12 +1,14 @@
 //! One WebSocket connection, from the accepted socket to `on_close`.
 //!
 //! ```text
-//! accept -> handshake (bounded by handshake_timeout; reject/404 answered, no upgrade)
-//!        -> register in the shard -> on_open (its frames go to the front of the queue)
-//!        -> reader || writer          (one task; the writer drains the queue)
-//!        -> close requested           (by peer, error, heartbeat, slow queue, Pusher, shutdown)
-//!        -> writer sends the Close frame; reader waits for the peer's reply
-//!           (both bounded by one close deadline = handshake_timeout)
+//! accept -> handshake (bounded by handshake_timeout; reject/404/400 answered, no upgrade)
+//!        -> register in the shard slab -> on_open (its frames go to the front of the queue)
+//!        -> open: one poll fn reads into the shard's scratch buffer, decodes, calls
+//!           the handler, then writes the whole outbound queue in one coalesced write
+//!        -> close requested (peer Close, bad input, heartbeat sweep, slow queue, Pusher, shutdown):
+//!           our Close frame is queued last, pushes are refused from then on
+//!        -> flush, shutdown(Write), drain input until the peer's FIN
+//!           (all bounded by one close deadline = handshake_timeout)
 //!        -> unregister -> on_close (exactly once)
 //! ```
 //!
@@ -17,211 +19,226 @@
 //! | protocol violation            | 1002 | dropped       |
 //! | outbound queue over the limit | 1013 | dropped       |
 //! | 3 heartbeats with no traffic  | 1001 | dropped       |
+//! | peer's Close                  | echoed | dropped     |
 //! | Pusher::close_* / shutdown    | given / 1001 | flushed first |
+//!
+//! Memory: an idle connection is the [`Conn`] (an `Rc` in the slab), its task
+//! (socket, session, an 8-byte decoder) and its user-index slot. The queue is an
+//! empty `VecDeque`, the decoder holds nothing until a frame arrives in pieces.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::net::SocketAddr;
-use std::pin::pin;
+use std::net::{Shutdown, SocketAddr};
+use std::pin::{Pin, pin};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
 use bytes::Bytes;
-use futures::future::{Either, join, select};
-use futures::{AsyncRead, AsyncWrite, StreamExt};
+use futures::future::{Either, select};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use tungstenite::Message;
-use tungstenite::error::{Error as WsError, ProtocolError};
-use tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tungstenite::protocol::CloseFrame;
-use tungstenite::protocol::frame::Utf8Bytes;
-use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::shard::ShardCtx;
+use crate::codec::{self, Decoder, Event, Flow, OP_PING, OP_PONG, OP_TEXT};
+use crate::handshake;
+use crate::shard::{Core, SCRATCH_OUT, ShardCtx};
 use crate::stats::ShardCounters;
 use crate::{Accept, ConnInfo, Handler, HandshakeRequest, Reply, TextFrame};
 
 /// Close codes used by the engine.
 pub(crate) mod code {
     pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const TOO_BIG: u16 = 1009;
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-/// Converts without copying: a `TextFrame` is UTF-8 by construction, this only re-checks it.
-pub(crate) fn to_utf8(frame: &TextFrame) -> Option<Utf8Bytes> {
-    Utf8Bytes::try_from(frame.bytes().clone()).ok()
-}
+/// `Out::payload` of a control frame (not counted as a text frame).
+const CONTROL: u32 = u32::MAX;
+/// Socket reads per poll before yielding to other connections.
+const READS_PER_POLL: usize = 4;
+/// A refusal for connections accepted while out of descriptors.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
-struct CloseReq {
-    code: u16,
-    reason: String,
+/// One encoded frame waiting to be written.
+struct Out {
+    wire: Bytes,
+    /// Text payload length for stats, or [`CONTROL`].
+    payload: u32,
 }
 
 /// The shard-side state of an open connection, shared (via `Rc`) between the
-/// shard's indexes and the connection task.
+/// shard's slab and the connection task.
 pub(crate) struct Conn {
     pub info: ConnInfo,
-    max_bytes: usize,
-    stats: Arc<ShardCounters>,
-    /// Messages not yet handed to tungstenite, with their counted payload size.
-    queue: RefCell<VecDeque<(Message, usize)>>,
-    /// Bytes in `queue` plus the message being written.
-    queued_bytes: Cell<usize>,
-    close: RefCell<Option<CloseReq>>,
-    peer_gone: Cell<bool>,
-    writer_waker: RefCell<Option<Waker>>,
-    close_waker: RefCell<Option<Waker>>,
-}
-
-enum Next {
-    Send(Message, usize),
-    Close(u16, String),
+    out: RefCell<VecDeque<Out>>,
+    /// Bytes of the front frame already written (a frame is never cut).
+    head_written: Cell<usize>,
+    /// Bytes in `out`, counted against `max_outbound_bytes`.
+    queued: Cell<usize>,
+    closing: Cell<bool>,
+    /// Shard clock (ms) of the last byte received and of the last ping sent.
+    last_rx: Cell<u32>,
+    last_ping: Cell<u32>,
+    /// The task's waker while it waits; taken by the first push that needs a flush.
+    waker: Cell<Option<Waker>>,
 }
 
 impl Conn {
-    pub fn new(info: ConnInfo, max_bytes: usize, stats: Arc<ShardCounters>) -> Self {
+    pub fn new(info: ConnInfo, now: u32) -> Self {
         Conn {
             info,
-            max_bytes,
-            stats,
-            queue: RefCell::new(VecDeque::new()),
-            queued_bytes: Cell::new(0),
-            close: RefCell::new(None),
-            peer_gone: Cell::new(false),
-            writer_waker: RefCell::new(None),
-            close_waker: RefCell::new(None),
+            out: RefCell::new(VecDeque::new()),
+            head_written: Cell::new(0),
+            queued: Cell::new(0),
+            closing: Cell::new(false),
+            last_rx: Cell::new(now),
+            last_ping: Cell::new(now),
+            waker: Cell::new(None),
         }
     }
 
     pub fn is_closing(&self) -> bool {
-        self.close.borrow().is_some()
+        self.closing.get()
     }
 
-    /// Queues a text frame; never waits. Over the byte limit the connection is closed with 1013.
-    pub fn push_text(&self, text: Utf8Bytes) -> bool {
-        self.push(text, false)
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
     }
 
-    fn push(&self, text: Utf8Bytes, front: bool) -> bool {
+    fn enqueue(&self, core: &Core, item: Out, front: bool) {
+        let len = item.wire.len();
+        self.queued.set(self.queued.get() + len);
+        ShardCounters::add(&core.stats.outbound_queue_bytes, len as u64);
+        let mut out = self.out.borrow_mut();
+        if front && self.head_written.get() == 0 {
+            out.push_front(item);
+        } else {
+            out.push_back(item);
+        }
+        drop(out);
+        self.wake();
+    }
+
+    /// Queues an encoded text frame; never waits. Over the byte limit the
+    /// connection is closed with 1013 instead.
+    pub fn push_text(&self, core: &Core, wire: Bytes, payload: u32) -> bool {
+        self.push_text_at(core, wire, payload, false)
+    }
+
+    fn push_text_at(&self, core: &Core, wire: Bytes, payload: u32, front: bool) -> bool {
         if self.is_closing() {
             return false;
         }
-        let len = text.len();
-        if self.queued_bytes.get().saturating_add(len) > self.max_bytes {
-            ShardCounters::add(&self.stats.slow_closes, 1);
-            tracing::debug!(conn = self.info.id, len, "outbound queue full, closing with 1013");
-            self.request_close(code::TRY_AGAIN_LATER, "outbound queue full", true);
+        if self.queued.get().saturating_add(wire.len()) > core.config.max_outbound_bytes {
+            ShardCounters::add(&core.stats.slow_closes, 1);
+            tracing::debug!(conn = self.info.id, queued = self.queued.get(), "outbound queue full, closing with 1013");
+            self.request_close(core, code::TRY_AGAIN_LATER, "outbound queue full", true);
             return false;
         }
-        self.queued_bytes.set(self.queued_bytes.get() + len);
-        let item = (Message::Text(text), len);
-        let mut queue = self.queue.borrow_mut();
-        if front {
-            queue.push_front(item);
-        } else {
-            queue.push_back(item);
-        }
-        drop(queue);
-        wake(&self.writer_waker);
+        self.enqueue(core, Out { wire, payload }, front);
         true
     }
 
     /// Puts `frames` (in order) ahead of anything already queued.
-    fn push_front_all(&self, frames: Vec<TextFrame>) {
-        for text in frames.iter().rev().filter_map(to_utf8) {
-            if !self.push(text, true) {
+    fn push_front_all(&self, core: &Core, frames: Vec<TextFrame>) {
+        for f in frames.iter().rev() {
+            if !self.push_text_at(core, codec::encode(OP_TEXT, f.bytes()), payload_len(f), true) {
                 return;
             }
         }
     }
 
-    fn push_ping(&self) {
+    fn push_control(&self, core: &Core, wire: Bytes) {
         if !self.is_closing() {
-            self.queue.borrow_mut().push_back((Message::Ping(Bytes::new()), 0));
-            wake(&self.writer_waker);
+            self.enqueue(core, Out { wire, payload: CONTROL }, false);
         }
     }
 
-    /// Starts closing (the first request wins). `discard` drops what is still queued.
-    pub fn request_close(&self, code: u16, reason: &str, discard: bool) {
+    /// Starts closing (the first request wins). `discard` drops what is still
+    /// queued (except a frame already partly written).
+    pub fn request_close(&self, core: &Core, code: u16, reason: &str, discard: bool) {
+        self.close_with(core, codec::encode_close(Some(code), reason), discard);
+    }
+
+    fn close_with(&self, core: &Core, close_frame: Bytes, discard: bool) {
         if self.is_closing() {
             return;
         }
-        *self.close.borrow_mut() = Some(CloseReq { code, reason: truncate(reason, 123).to_owned() });
         if discard {
-            let dropped: usize = self.queue.borrow_mut().drain(..).map(|(_, n)| n).sum();
-            self.queued_bytes.set(self.queued_bytes.get().saturating_sub(dropped));
+            let keep = usize::from(self.head_written.get() > 0);
+            let dropped: usize = self.out.borrow_mut().drain(keep..).map(|o| o.wire.len()).sum();
+            self.release(core, dropped);
         }
-        wake(&self.writer_waker);
-        wake(&self.close_waker);
+        self.enqueue(core, Out { wire: close_frame, payload: CONTROL }, false);
+        self.closing.set(true);
     }
 
-    /// The socket is unusable: stop without sending anything more.
-    fn mark_peer_gone(&self) {
-        self.peer_gone.set(true);
-        self.request_close(code::GOING_AWAY, "", true);
-        wake(&self.writer_waker);
+    fn release(&self, core: &Core, bytes: usize) {
+        self.queued.set(self.queued.get().saturating_sub(bytes));
+        ShardCounters::sub(&core.stats.outbound_queue_bytes, bytes as u64);
     }
 
-    fn poll_next_out(&self, cx: &mut Context<'_>) -> Poll<Next> {
-        let next = if self.peer_gone.get() { None } else { self.queue.borrow_mut().pop_front() };
-        if let Some((msg, len)) = next {
-            return Poll::Ready(Next::Send(msg, len));
-        }
-        if let Some(req) = self.close.borrow().as_ref() {
-            return Poll::Ready(Next::Close(req.code, req.reason.clone()));
-        }
-        *self.writer_waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
-    }
-
-    fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Called by the shard's sweep: ping after one idle interval, give up after three.
+    pub fn heartbeat(&self, core: &Core, now: u32, hb_ms: u32) {
         if self.is_closing() {
-            return Poll::Ready(());
+            return;
         }
-        *self.close_waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
+        let idle = now.saturating_sub(self.last_rx.get());
+        if idle >= hb_ms.saturating_mul(3) {
+            self.request_close(core, code::GOING_AWAY, "heartbeat timeout", true);
+        } else if idle >= hb_ms && now.saturating_sub(self.last_ping.get()) >= hb_ms {
+            self.last_ping.set(now);
+            self.push_control(core, Bytes::from_static(&[0x80 | OP_PING, 0]));
+        }
+    }
+
+    /// Accounts `n` written bytes: pops finished frames and counts them.
+    fn consume(&self, core: &Core, mut n: usize) {
+        let mut out = self.out.borrow_mut();
+        while n > 0 {
+            let Some(front) = out.front() else { break };
+            let left = front.wire.len() - self.head_written.get();
+            if n < left {
+                self.head_written.set(self.head_written.get() + n);
+                return;
+            }
+            n -= left;
+            self.head_written.set(0);
+            let (len, payload) = (front.wire.len(), front.payload);
+            out.pop_front();
+            self.release(core, len);
+            if payload != CONTROL {
+                ShardCounters::add(&core.stats.frames_out, 1);
+                ShardCounters::add(&core.stats.bytes_out, u64::from(payload));
+            }
+        }
+    }
+
+    fn drop_queue(&self, core: &Core) {
+        let dropped: usize = self.out.borrow_mut().drain(..).map(|o| o.wire.len()).sum();
+        self.release(core, dropped);
     }
 }
 
-fn wake(slot: &RefCell<Option<Waker>>) {
-    if let Some(w) = slot.borrow_mut().take() {
-        w.wake();
-    }
-}
-
-/// Close reasons are limited to 123 bytes by RFC 6455; cut on a char boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+fn payload_len(frame: &TextFrame) -> u32 {
+    u32::try_from(frame.len()).unwrap_or(CONTROL - 1)
 }
 
 /// [`Reply`] for the connection a callback runs for.
-struct ConnReply<'a>(&'a Conn);
+struct ConnReply<'a> {
+    conn: &'a Conn,
+    core: &'a Core,
+}
 
 impl Reply for ConnReply<'_> {
     fn send(&self, frame: TextFrame) -> bool {
-        match to_utf8(&frame) {
-            Some(text) => self.0.push_text(text),
-            None => false,
-        }
+        self.conn.push_text(self.core, codec::encode(OP_TEXT, frame.bytes()), payload_len(&frame))
     }
     fn close(&self, code: u16, reason: &str) {
-        self.0.request_close(code, reason, false);
+        self.conn.request_close(self.core, code, reason, false);
     }
 }
 
@@ -233,214 +250,257 @@ pub(crate) async fn with_timeout<T>(dur: Duration, fut: impl Future<Output = T>)
     }
 }
 
+/// How the open phase ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Our Close frame is queued: flush it and wait for the peer.
+    Closing,
+    /// The socket is unusable; nothing more is sent.
+    PeerGone,
+}
+
 /// Serves one accepted TCP connection to the end.
-pub(crate) async fn serve<H: Handler>(ctx: Rc<ShardCtx<H>>, stream: TcpStream) {
+pub(crate) async fn serve<H: Handler>(ctx: Rc<ShardCtx<H>>, mut stream: TcpStream) {
+    let core = &ctx.core;
     let Ok(peer) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
-    let Some((ws, accept)) = handshake(&ctx, stream, peer).await else {
-        ShardCounters::add(&ctx.stats.handshake_rejects, 1);
+    // Boxed so the handshake's transient state does not size the long-lived task.
+    let Some((accept, mut leftover)) = Box::pin(handshake(&ctx, &mut stream, peer)).await else {
+        ShardCounters::add(&core.stats.handshake_rejects, 1);
         return;
     };
-    let info = ConnInfo { id: ctx.next_conn_id(), user_id: accept.user_id, tag: accept.tag, shard: ctx.index, peer };
-    let conn = Rc::new(Conn::new(info, ctx.config.max_outbound_bytes, ctx.stats.clone()));
+    let Accept { user_id, tag, session } = accept;
+    let make = |id| Conn::new(ConnInfo { id, user_id, tag, shard: core.index, peer }, core.now_ms());
+    let Some(conn) = core.register(make) else {
+        tracing::warn!(shard = core.index, "connection slab full, dropping connection");
+        return;
+    };
+    let info = conn.info;
+    let mut session = session;
     // Registered before on_open so pushes during it are kept (queued behind its frames).
-    ctx.register(&conn);
-    let mut session = accept.session;
-    match ctx.handler.on_open(info, &session).await {
-        Ok(frames) => conn.push_front_all(frames),
-        Err((code, reason)) => conn.request_close(code, &reason, true),
+    match Box::pin(ctx.handler.on_open(info, &session)).await {
+        Ok(frames) => conn.push_front_all(core, frames),
+        Err((code, reason)) => conn.request_close(core, code, &reason, true),
     }
+    let mut decoder = Decoder::default();
+    if !leftover.is_empty() && !conn.is_closing() {
+        // The client may send frames right behind its upgrade request.
+        process(&ctx, &conn, &mut decoder, &mut session, &mut leftover);
+    }
+    drop(leftover);
 
-    let (mut tx, mut rx) = ws.split();
-    {
-        let io = join(read_loop(&ctx, &conn, &mut rx, &mut session), write_loop(&ctx, &conn, &mut tx));
-        let deadline = async {
-            poll_fn(|cx| conn.poll_closing(cx)).await;
-            Timer::new(ctx.config.handshake_timeout).await;
-        };
-        select(pin!(io), pin!(deadline)).await;
+    let end = poll_fn(|cx| poll_open(&ctx, &conn, &mut stream, &mut decoder, &mut session, cx)).await;
+    drop(decoder);
+    if end == End::Closing {
+        Box::pin(with_timeout(core.config.handshake_timeout, finish(core, &conn, &mut stream))).await;
     }
-    ctx.unregister(&conn);
+    drop(stream);
+    conn.drop_queue(core);
+    core.unregister(&conn);
     ctx.handler.on_close(info, session);
 }
 
-// The callback's error type is tungstenite's `ErrorResponse`; not ours to shrink.
-#[allow(clippy::result_large_err)]
-async fn handshake<H: Handler>(
+/// The open phase: read and dispatch what arrived, then flush the queue.
+fn poll_open<H: Handler>(
     ctx: &ShardCtx<H>,
-    stream: TcpStream,
-    peer: SocketAddr,
-) -> Option<(WebSocketStream<TcpStream>, Accept<H::Session>)> {
-    let mut accepted = None;
-    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() != ctx.config.ws_path {
-            return Err(error_response(404, r#"{"error":"not found"}"#.to_owned()));
-        }
-        let hr = HandshakeRequest { path: req.uri().path(), query: req.uri().query(), headers: req.headers(), peer };
-        match ctx.handler.on_handshake(&hr) {
-            Ok(accept) => {
-                accepted = Some(accept);
-                Ok(resp)
+    conn: &Conn,
+    stream: &mut TcpStream,
+    decoder: &mut Decoder,
+    session: &mut H::Session,
+    cx: &mut Context<'_>,
+) -> Poll<End> {
+    let core = &ctx.core;
+    let mut reads = 0;
+    while !conn.is_closing() {
+        // glommio's non-buffered stream recv()s straight into the buffer given
+        // and otherwise parks only a readiness poll, so one shard-wide buffer
+        // serves every socket; it is borrowed only for this synchronous step.
+        let mut scratch = core.scratch_in.borrow_mut();
+        match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(End::PeerGone),
+            Poll::Ready(Ok(n)) => {
+                conn.last_rx.set(core.now_ms());
+                process(ctx, conn, decoder, session, &mut scratch[..n]);
             }
-            Err(reject) => Err(error_response(reject.status, reject.body)),
+            Poll::Pending => break,
+        }
+        reads += 1;
+        if reads == READS_PER_POLL {
+            // Busy socket: let the others run, come back next turn.
+            cx.waker().wake_by_ref();
+            break;
+        }
+    }
+    if let Poll::Ready(Err(())) = flush(core, conn, stream, cx) {
+        return Poll::Ready(End::PeerGone);
+    }
+    if conn.is_closing() {
+        return Poll::Ready(End::Closing);
+    }
+    let waker = match conn.waker.take() {
+        Some(w) if w.will_wake(cx.waker()) => w,
+        _ => cx.waker().clone(),
+    };
+    conn.waker.set(Some(waker));
+    Poll::Pending
+}
+
+/// Decodes `data` and dispatches every complete message to the handler.
+fn process<H: Handler>(ctx: &ShardCtx<H>, conn: &Conn, decoder: &mut Decoder, session: &mut H::Session, data: &mut [u8]) {
+    let core = &ctx.core;
+    let reply = ConnReply { conn, core };
+    let stats = &core.stats;
+    let mut sink = |ev: Event<'_>| {
+        match ev {
+            Event::Text(text) => {
+                ShardCounters::add(&stats.frames_in, 1);
+                ShardCounters::add(&stats.bytes_in, text.len() as u64);
+                ctx.handler.on_text(conn.info, session, text, &reply);
+            }
+            Event::Binary(data) => {
+                ShardCounters::add(&stats.frames_in, 1);
+                ShardCounters::add(&stats.bytes_in, data.len() as u64);
+                ctx.handler.on_binary(conn.info, session, data, &reply);
+            }
+            Event::Ping(payload) => conn.push_control(core, codec::encode(OP_PONG, payload)),
+            Event::Pong => {}
+            // Echo the peer's code (RFC 6455 5.5.1); what was queued is moot.
+            Event::Close(code) => conn.close_with(core, codec::encode_close(code, ""), true),
+        }
+        if conn.is_closing() { Flow::Stop } else { Flow::Continue }
+    };
+    if let Err(e) = decoder.feed(data, core.config.max_frame_bytes, &mut sink) {
+        tracing::debug!(conn = conn.info.id, error = ?e, "closing on bad input");
+        conn.request_close(core, e.close_code(), e.reason(), true);
+    }
+}
+
+/// Writes the queue: one frame as is, several concatenated into the shard's
+/// scratch buffer so each flush is one send(2) however many frames piled up.
+fn flush(core: &Core, conn: &Conn, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+    loop {
+        let written = {
+            let out = conn.out.borrow();
+            let Some(front) = out.front() else { return Poll::Ready(Ok(())) };
+            let head = &front.wire[conn.head_written.get()..];
+            let res = if out.len() == 1 || head.len() >= SCRATCH_OUT {
+                Pin::new(&mut *stream).poll_write(cx, head)
+            } else {
+                let mut buf = core.scratch_out.borrow_mut();
+                buf.clear();
+                buf.extend_from_slice(head);
+                for o in out.iter().skip(1) {
+                    if buf.len() + o.wire.len() > SCRATCH_OUT {
+                        break;
+                    }
+                    buf.extend_from_slice(&o.wire);
+                }
+                Pin::new(&mut *stream).poll_write(cx, &buf)
+            };
+            match res {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        conn.consume(core, written);
+    }
+}
+
+/// The close handshake after our Close frame is queued: flush it, send FIN,
+/// then read (and drop) until the peer closes too. Draining matters: closing
+/// a socket with unread input makes the kernel send RST, which can destroy
+/// the Close frame before the client reads it.
+async fn finish(core: &Core, conn: &Conn, stream: &mut TcpStream) {
+    if poll_fn(|cx| flush(core, conn, stream, cx)).await.is_err() {
+        return;
+    }
+    if stream.shutdown(Shutdown::Write).await.is_err() {
+        return;
+    }
+    poll_fn(|cx| {
+        for _ in 0..READS_PER_POLL {
+            let mut scratch = core.scratch_in.borrow_mut();
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
+/// Reads and answers the upgrade request. On success returns the handler's
+/// accept and any bytes the client sent after the request.
+async fn handshake<H: Handler>(ctx: &ShardCtx<H>, stream: &mut TcpStream, peer: SocketAddr) -> Option<(Accept<H::Session>, Vec<u8>)> {
+    let core = &ctx.core;
+    let timeout = core.config.handshake_timeout;
+    let read = async {
+        let mut buf = Vec::new();
+        loop {
+            let n = poll_fn(|cx| {
+                let mut scratch = core.scratch_in.borrow_mut();
+                let room = (handshake::MAX_REQUEST + 1).saturating_sub(buf.len()).clamp(1, scratch.len());
+                let res = Pin::new(&mut *stream).poll_read(cx, &mut scratch[..room]);
+                if let Poll::Ready(Ok(n)) = res {
+                    buf.extend_from_slice(&scratch[..n]);
+                }
+                res
+            })
+            .await;
+            if !matches!(n, Ok(n) if n > 0) {
+                return Err(None); // gone before finishing the request: nobody to answer
+            }
+            match handshake::parse(&buf, &core.config.ws_path) {
+                Ok(Some(up)) => return Ok((up, buf)),
+                Ok(None) => {}
+                Err(refusal) => return Err(Some(refusal)),
+            }
         }
     };
-    let fut = async_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ctx.ws_config));
-    match with_timeout(ctx.config.handshake_timeout, fut).await {
-        Some(Ok(ws)) => accepted.map(|a| (ws, a)),
-        Some(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "websocket handshake refused");
-            None
+    let (up, buf) = match with_timeout(timeout, read).await {
+        Some(Ok(parsed)) => parsed,
+        Some(Err(refusal)) => {
+            if let Some(r) = refusal {
+                tracing::debug!(%peer, status = r.status(), "websocket upgrade refused");
+                answer(stream, timeout, &handshake::error_response(r.status(), &r.body())).await;
+            }
+            return None;
         }
         None => {
             tracing::debug!(%peer, "websocket handshake timed out");
+            return None;
+        }
+    };
+    let req = HandshakeRequest { path: &up.path, query: up.query.as_deref(), headers: &up.headers, peer };
+    match ctx.handler.on_handshake(&req) {
+        Ok(accept) => {
+            if !answer(stream, timeout, &handshake::switching_protocols(&up.accept_key)).await {
+                return None;
+            }
+            Some((accept, buf[up.consumed..].to_vec()))
+        }
+        Err(reject) => {
+            answer(stream, timeout, &handshake::error_response(reject.status, &reject.body)).await;
             None
         }
     }
 }
 
-fn error_response(status: u16, body: String) -> ErrorResponse {
-    let mut resp = ErrorResponse::new(Some(body));
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp
+/// Writes a whole HTTP answer within `timeout`; false when it could not.
+async fn answer(stream: &mut TcpStream, timeout: Duration, bytes: &[u8]) -> bool {
+    matches!(with_timeout(timeout, stream.write_all(bytes)).await, Some(Ok(())))
 }
 
-/// Close code for a read error; `None` when the peer is simply gone.
-fn close_code_for(e: &WsError) -> Option<(u16, &'static str)> {
-    match e {
-        WsError::Capacity(_) => Some((code::TOO_BIG, "message too big")),
-        WsError::Utf8(_) => Some((code::INVALID_DATA, "invalid utf-8")),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Protocol(_) => Some((code::PROTOCOL, "protocol error")),
-        _ => None,
-    }
-}
-
-async fn read_loop<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(
-    ctx: &ShardCtx<H>,
-    conn: &Conn,
-    rx: &mut WebSocketReceiver<S>,
-    session: &mut H::Session,
-) {
-    let hb = ctx.config.heartbeat;
-    let stats = &ctx.stats;
-    let mut last_rx = Instant::now();
-    let mut tick = Timer::new(hb);
-    loop {
-        let msg = match select(rx.next(), &mut tick).await {
-            Either::Left((Some(Ok(msg)), _)) => msg,
-            Either::Left((Some(Err(e)), _)) => {
-                match close_code_for(&e) {
-                    Some((code, reason)) => {
-                        tracing::debug!(conn = conn.info.id, error = %e, code, "closing on bad input");
-                        conn.request_close(code, reason, true);
-                    }
-                    None => conn.mark_peer_gone(),
-                }
-                return;
-            }
-            Either::Left((None, _)) => {
-                conn.mark_peer_gone();
-                return;
-            }
-            Either::Right(_) => {
-                tick = Timer::new(hb);
-                let idle = last_rx.elapsed();
-                if idle >= hb * 3 {
-                    conn.request_close(code::GOING_AWAY, "heartbeat timeout", true);
-                } else if idle >= hb {
-                    conn.push_ping();
-                }
-                continue;
-            }
-        };
-        last_rx = Instant::now();
-        let reply = ConnReply(conn);
-        match msg {
-            Message::Text(text) if !conn.is_closing() => {
-                ShardCounters::add(&stats.frames_in, 1);
-                ShardCounters::add(&stats.bytes_in, text.len() as u64);
-                ctx.handler.on_text(conn.info, session, text.as_str(), &reply);
-            }
-            Message::Binary(data) if !conn.is_closing() => {
-                ShardCounters::add(&stats.frames_in, 1);
-                ShardCounters::add(&stats.bytes_in, data.len() as u64);
-                ctx.handler.on_binary(conn.info, session, &data, &reply);
-            }
-            // tungstenite has queued the reply; the next read flushes it and ends the stream.
-            Message::Close(_) => conn.request_close(1000, "", true),
-            _ => {}
-        }
-    }
-}
-
-async fn write_loop<H: Handler, S: AsyncRead + AsyncWrite + Unpin>(ctx: &ShardCtx<H>, conn: &Conn, tx: &mut WebSocketSender<S>) {
-    loop {
-        match poll_fn(|cx| conn.poll_next_out(cx)).await {
-            Next::Send(msg, len) => {
-                let is_text = matches!(msg, Message::Text(_));
-                let sent = tx.send(msg).await;
-                conn.queued_bytes.set(conn.queued_bytes.get().saturating_sub(len));
-                if sent.is_err() {
-                    conn.mark_peer_gone();
-                    return;
-                }
-                if is_text {
-                    ShardCounters::add(&ctx.stats.frames_out, 1);
-                    ShardCounters::add(&ctx.stats.bytes_out, len as u64);
-                }
-            }
-            Next::Close(code, reason) => {
-                if !conn.peer_gone.get() {
-                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-                    let _ = tx.close(Some(frame)).await;
-                }
-                return;
-            }
-        }
-    }
+/// Answers a connection accepted only to be refused (out of descriptors) and closes it.
+pub(crate) async fn refuse(mut stream: TcpStream) {
+    let _ = with_timeout(Duration::from_millis(20), stream.write_all(REFUSAL)).await;
+    let _ = stream.shutdown(Shutdown::Both).await;
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn conn(max: usize) -> Conn {
-        let info = ConnInfo { id: 1, user_id: 7, tag: 0, shard: 0, peer: SocketAddr::from(([127, 0, 0, 1], 1)) };
-        Conn::new(info, max, Arc::new(ShardCounters::default()))
-    }
-
-    #[test]
-    fn queue_over_limit_closes_with_1013_and_drops_queue() {
-        let c = conn(10);
-        assert!(c.push_text("12345".into()));
-        assert!(c.push_text("12345".into()));
-        assert!(!c.push_text("1".into()));
-        assert!(c.is_closing());
-        assert_eq!(c.close.borrow().as_ref().map(|r| r.code), Some(1013));
-        assert!(c.queue.borrow().is_empty());
-        assert_eq!(c.queued_bytes.get(), 0);
-        assert_eq!(c.stats.snapshot(0).slow_closes, 1);
-        assert!(!c.push_text("x".into()), "no pushes after close");
-    }
-
-    #[test]
-    fn open_frames_go_first_and_graceful_close_keeps_queue() {
-        let c = conn(1000);
-        assert!(c.push_text("later".into()));
-        c.push_front_all(vec!["a".into(), "b".into()]);
-        c.request_close(1001, "bye", false);
-        c.request_close(1013, "ignored", true);
-        let order: Vec<String> = c.queue.borrow().iter().map(|(m, _)| m.to_text().unwrap_or_default().to_owned()).collect();
-        assert_eq!(order, ["a", "b", "later"]);
-        assert_eq!(c.close.borrow().as_ref().map(|r| r.code), Some(1001));
-    }
-
-    #[test]
-    fn close_reason_is_cut_on_char_boundary() {
-        let long = "é".repeat(100);
-        let cut = truncate(&long, 123);
-        assert!(cut.len() <= 123 && cut.is_char_boundary(cut.len()));
-    }
-}
+#[path = "conn_tests.rs"]
+mod tests;

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use futures::channel::mpsc::{UnboundedSender, unbounded};
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::codec::{self, OP_TEXT};
 use crate::shard::{self, Command};
 use crate::stats::{ShardCounters, ShardStats};
 use crate::{ConnId, EngineConfig, EngineError, Handler, TextFrame, check_platform, shard_of};
@@ -161,15 +162,18 @@ pub struct Pusher {
 impl Pusher {
     /// Writes `frame` to every connection of each user in `users`, on every
     /// shard, except connection `exclude`. All targets share the frame's bytes.
+    /// The WebSocket frame is encoded here, once; every shard and socket gets the same bytes.
     pub fn deliver(&self, users: Arc<[u64]>, exclude: Option<ConnId>, frame: TextFrame) {
+        let (wire, payload) = encode_text(&frame);
         for s in self.shards.iter() {
-            let _ = s.unbounded_send(Command::Deliver { users: users.clone(), exclude, frame: frame.clone() });
+            let _ = s.unbounded_send(Command::Deliver { users: users.clone(), exclude, wire: wire.clone(), payload });
         }
     }
 
     /// Writes `frame` to one connection (dropped silently if it is gone).
     pub fn send_to(&self, conn: ConnId, frame: TextFrame) {
-        self.to_shard_of(conn, Command::SendTo { conn, frame });
+        let (wire, payload) = encode_text(&frame);
+        self.to_shard_of(conn, Command::SendTo { conn, wire, payload });
     }
 
     /// Closes one connection with `code` after flushing what is queued for it.
@@ -195,6 +199,10 @@ impl Pusher {
             let _ = s.unbounded_send(cmd);
         }
     }
+}
+
+fn encode_text(frame: &TextFrame) -> (bytes::Bytes, u32) {
+    (codec::encode(OP_TEXT, frame.bytes()), u32::try_from(frame.len()).unwrap_or(u32::MAX - 1))
 }
 
 impl std::fmt::Debug for Pusher {

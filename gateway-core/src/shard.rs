@@ -1,135 +1,207 @@
-//! One shard: an executor-local listener, the connections it accepted, and the
-//! command loop that applies [`crate::Pusher`] requests. Everything here is
-//! `Rc`/`RefCell`; the only cross-thread inputs are the command channel and the
-//! stats counters.
+//! One shard: an executor-local listener, the slab of connections it accepted,
+//! the user index, the command loop that applies [`crate::Pusher`] requests,
+//! and the ticker (coarse clock, heartbeat sweep, loop-lag probe). Everything
+//! here is `Rc`/`RefCell`; the only cross-thread inputs are the command
+//! channel and the stats counters.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use glommio::net::TcpListener;
 use glommio::sync::Gate;
 use glommio::timer::sleep;
-use tungstenite::protocol::WebSocketConfig;
+use slab::Slab;
 
-use crate::conn::{self, Conn, code, to_utf8};
+use crate::conn::{self, Conn, code};
 use crate::stats::ShardCounters;
-use crate::{ConnId, EngineConfig, EngineError, Handler, TextFrame};
+use crate::{ConnId, EngineConfig, EngineError, Handler};
 
 /// A request from another thread, applied on the shard that owns the target.
+/// Frames arrive already encoded: one `Bytes` shared by every target socket.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Deliver { users: Arc<[u64]>, exclude: Option<ConnId>, frame: TextFrame },
-    SendTo { conn: ConnId, frame: TextFrame },
+    Deliver { users: Arc<[u64]>, exclude: Option<ConnId>, wire: Bytes, payload: u32 },
+    SendTo { conn: ConnId, wire: Bytes, payload: u32 },
     CloseConn { conn: ConnId, code: u16, reason: String },
     CloseUser { user_id: u64, tag: Option<u64>, code: u16, reason: String },
     Shutdown,
 }
 
-/// How long the accept loop sleeps when the process is out of descriptors.
+/// How long the accept loop sleeps when it cannot even refuse a connection.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-const CONN_SEQ_MASK: u64 = (1 << 48) - 1;
+/// Commands applied before the command loop lets connection tasks flush.
+const COMMAND_BUDGET: usize = 512;
+/// ConnId = shard (16 bits) | sequence (24 bits) | slab key (24 bits). The key
+/// finds the slot in O(1); the sequence makes a stale id miss a reused slot.
+const KEY_BITS: u32 = 24;
+const KEY_MASK: u64 = (1 << KEY_BITS) - 1;
+const SEQ_MASK: u64 = (1 << 24) - 1;
+/// Read buffer shared by every connection of the shard: idle sockets hold none.
+const SCRATCH_IN: usize = 64 * 1024;
+/// Upper bound of one coalesced write.
+pub(crate) const SCRATCH_OUT: usize = 64 * 1024;
 
-/// State shared by the tasks of one shard.
-pub(crate) struct ShardCtx<H: Handler> {
+/// Connection keys of one user: almost always exactly one, kept inline.
+enum Slots {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Slots {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Slots::One(k) => std::slice::from_ref(k),
+            Slots::Many(v) => v,
+        }
+    }
+}
+
+/// The handler-independent state of a shard.
+pub(crate) struct Core {
     pub index: usize,
-    pub handler: H,
     pub config: Arc<EngineConfig>,
-    pub ws_config: WebSocketConfig,
     pub stats: Arc<ShardCounters>,
-    conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
-    users: RefCell<HashMap<u64, Vec<Rc<Conn>>>>,
+    /// Shared read and write scratch buffers; borrowed only inside one poll.
+    pub scratch_in: RefCell<Vec<u8>>,
+    pub scratch_out: RefCell<Vec<u8>>,
+    conns: RefCell<Slab<Rc<Conn>>>,
+    users: RefCell<HashMap<u64, Slots>>,
     next_seq: Cell<u64>,
     shutting_down: Cell<bool>,
+    started: Instant,
+    /// Milliseconds since `started`, advanced by the ticker: a clock read costs nothing.
+    clock_ms: Cell<u32>,
 }
 
-/// Small buffers keep an idle connection cheap; tungstenite enforces the size limits.
-pub(crate) fn ws_config(config: &EngineConfig) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(config.max_outbound_bytes.saturating_add(64 * 1024))
-        .max_message_size(Some(config.max_frame_bytes))
-        .max_frame_size(Some(config.max_frame_bytes))
-}
-
-impl<H: Handler> ShardCtx<H> {
-    fn new(index: usize, handler: H, config: Arc<EngineConfig>, stats: Arc<ShardCounters>) -> Self {
-        ShardCtx {
+impl Core {
+    pub(crate) fn new(index: usize, config: Arc<EngineConfig>, stats: Arc<ShardCounters>) -> Self {
+        Core {
             index,
-            handler,
-            ws_config: ws_config(&config),
             config,
             stats,
-            conns: RefCell::new(HashMap::new()),
+            scratch_in: RefCell::new(vec![0; SCRATCH_IN]),
+            scratch_out: RefCell::new(Vec::with_capacity(SCRATCH_OUT)),
+            conns: RefCell::new(Slab::new()),
             users: RefCell::new(HashMap::new()),
             next_seq: Cell::new(1),
             shutting_down: Cell::new(false),
+            started: Instant::now(),
+            clock_ms: Cell::new(0),
         }
     }
 
-    /// Ids are never reused (48-bit sequence), so a stale id cannot reach a new connection.
-    pub fn next_conn_id(&self) -> ConnId {
+    /// The coarse shard clock (ms), precise to one tick.
+    pub fn now_ms(&self) -> u32 {
+        self.clock_ms.get()
+    }
+
+    fn tick_clock(&self) -> Instant {
+        let now = Instant::now();
+        self.clock_ms.set(u32::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u32::MAX));
+        now
+    }
+
+    /// Builds the connection's state and indexes it; `None` when the slab is full.
+    pub fn register(&self, make: impl FnOnce(ConnId) -> Conn) -> Option<Rc<Conn>> {
+        let mut conns = self.conns.borrow_mut();
+        let entry = conns.vacant_entry();
+        let key = entry.key() as u64;
+        if key > KEY_MASK {
+            return None;
+        }
         let seq = self.next_seq.get();
         self.next_seq.set(seq.wrapping_add(1));
-        ((self.index as u64) << 48) | (seq & CONN_SEQ_MASK)
-    }
-
-    pub fn register(&self, conn: &Rc<Conn>) {
-        self.conns.borrow_mut().insert(conn.info.id, conn.clone());
-        self.users.borrow_mut().entry(conn.info.user_id).or_default().push(conn.clone());
+        let id = ((self.index as u64) << 48) | ((seq & SEQ_MASK) << KEY_BITS) | key;
+        let conn = Rc::new(make(id));
+        entry.insert(conn.clone());
+        drop(conns);
+        let mut users = self.users.borrow_mut();
+        match users.get_mut(&conn.info.user_id) {
+            None => {
+                users.insert(conn.info.user_id, Slots::One(key as u32));
+            }
+            Some(slots) => match slots {
+                Slots::One(k) => *slots = Slots::Many(vec![*k, key as u32]),
+                Slots::Many(v) => v.push(key as u32),
+            },
+        }
+        drop(users);
         ShardCounters::add(&self.stats.connections, 1);
         if self.shutting_down.get() {
-            conn.request_close(code::GOING_AWAY, "going away", false);
+            conn.request_close(self, code::GOING_AWAY, "going away", false);
         }
+        Some(conn)
     }
 
     pub fn unregister(&self, conn: &Conn) {
-        self.conns.borrow_mut().remove(&conn.info.id);
+        let key = (conn.info.id & KEY_MASK) as u32;
+        if self.conns.borrow().get(key as usize).is_some_and(|c| c.info.id == conn.info.id) {
+            self.conns.borrow_mut().remove(key as usize);
+        }
         let mut users = self.users.borrow_mut();
-        if let Some(list) = users.get_mut(&conn.info.user_id) {
-            list.retain(|c| c.info.id != conn.info.id);
-            if list.is_empty() {
-                users.remove(&conn.info.user_id);
+        if let Some(slots) = users.get_mut(&conn.info.user_id) {
+            match slots {
+                Slots::One(k) if *k == key => {
+                    users.remove(&conn.info.user_id);
+                }
+                Slots::One(_) => {}
+                Slots::Many(v) => {
+                    v.retain(|k| *k != key);
+                    if let [last] = v[..] {
+                        *slots = Slots::One(last);
+                    }
+                }
             }
         }
         ShardCounters::sub(&self.stats.connections, 1);
     }
 
+    fn get(&self, id: ConnId) -> Option<Rc<Conn>> {
+        self.conns.borrow().get((id & KEY_MASK) as usize).filter(|c| c.info.id == id).cloned()
+    }
+
     fn apply(&self, cmd: Command) {
         match cmd {
-            Command::Deliver { users, exclude, frame } => {
-                // Checked once per shard; every socket then shares the same bytes.
-                let Some(text) = to_utf8(&frame) else { return };
+            Command::Deliver { users, exclude, wire, payload } => {
                 let index = self.users.borrow();
+                let conns = self.conns.borrow();
                 for user in users.iter() {
-                    for c in index.get(user).into_iter().flatten() {
-                        if Some(c.info.id) != exclude {
-                            c.push_text(text.clone());
+                    for key in index.get(user).map(Slots::as_slice).unwrap_or_default() {
+                        if let Some(c) = conns.get(*key as usize)
+                            && Some(c.info.id) != exclude
+                        {
+                            // A clone of `wire` is a refcount bump, not a copy.
+                            c.push_text(self, wire.clone(), payload);
                         }
                     }
                 }
             }
-            Command::SendTo { conn, frame } => {
-                if let (Some(c), Some(text)) = (self.conns.borrow().get(&conn), to_utf8(&frame)) {
-                    c.push_text(text);
+            Command::SendTo { conn, wire, payload } => {
+                if let Some(c) = self.get(conn) {
+                    c.push_text(self, wire, payload);
                 }
             }
             Command::CloseConn { conn, code, reason } => {
-                if let Some(c) = self.conns.borrow().get(&conn) {
-                    c.request_close(code, &reason, false);
+                if let Some(c) = self.get(conn) {
+                    c.request_close(self, code, &reason, false);
                 }
             }
             Command::CloseUser { user_id, tag, code, reason } => {
-                for c in self.users.borrow().get(&user_id).into_iter().flatten() {
-                    if tag.is_none_or(|t| t == c.info.tag) {
-                        c.request_close(code, &reason, false);
-                    }
+                let targets: Vec<Rc<Conn>> = {
+                    let index = self.users.borrow();
+                    let conns = self.conns.borrow();
+                    let keys = index.get(&user_id).map(Slots::as_slice).unwrap_or_default();
+                    keys.iter().filter_map(|k| conns.get(*k as usize)).filter(|c| tag.is_none_or(|t| t == c.info.tag)).cloned().collect()
+                };
+                for c in targets {
+                    c.request_close(self, code, &reason, false);
                 }
             }
             Command::Shutdown => {}
@@ -138,10 +210,28 @@ impl<H: Handler> ShardCtx<H> {
 
     fn close_all(&self) {
         self.shutting_down.set(true);
-        for c in self.conns.borrow().values() {
-            c.request_close(code::GOING_AWAY, "going away", false);
+        let all: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for c in all {
+            c.request_close(self, code::GOING_AWAY, "going away", false);
         }
     }
+
+    /// Heartbeat sweep: ping connections idle for one interval, close those
+    /// silent for three. One pass over the slab replaces a timer per connection.
+    fn sweep(&self) {
+        let hb = u32::try_from(self.config.heartbeat.as_millis()).unwrap_or(u32::MAX);
+        let now = self.now_ms();
+        let all: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for c in all {
+            c.heartbeat(self, now, hb);
+        }
+    }
+}
+
+/// State shared by the tasks of one shard.
+pub(crate) struct ShardCtx<H: Handler> {
+    pub core: Core,
+    pub handler: H,
 }
 
 /// Binds, reports readiness, then serves until [`Command::Shutdown`] (or until
@@ -155,47 +245,90 @@ pub(crate) async fn run<H: Handler>(
     mut commands: UnboundedReceiver<Command>,
     ready: std::sync::mpsc::Sender<Result<SocketAddr, EngineError>>,
 ) {
-    let listener = match TcpListener::bind(addr) {
-        Ok(l) => l,
+    let bound = TcpListener::bind(addr).and_then(|l| l.local_addr().map(|a| (l, a)));
+    let (listener, local) = match bound {
+        Ok(pair) => pair,
         Err(e) => {
             let _ = ready.send(Err(EngineError::Bind(e.into())));
             return;
         }
     };
-    let local = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = ready.send(Err(EngineError::Bind(e.into())));
-            return;
-        }
-    };
-    let ctx = Rc::new(ShardCtx::new(index, handler, config, stats));
+    let ctx = Rc::new(ShardCtx { core: Core::new(index, config, stats), handler });
     let gate = Gate::new();
     let acceptor = glommio::spawn_local(accept_loop(ctx.clone(), listener, gate.clone()));
+    let ticker = glommio::spawn_local(ticker(ctx.clone()));
     tracing::info!(shard = index, %local, "shard listening");
     let _ = ready.send(Ok(local));
     drop(ready);
 
-    while let Some(cmd) = commands.next().await {
-        if matches!(cmd, Command::Shutdown) {
-            break;
+    'serve: while let Some(cmd) = commands.next().await {
+        let mut next = Some(cmd);
+        let mut applied = 0;
+        // Apply everything already queued, then yield so each connection task
+        // writes all its new frames in one flush (coalescing per loop turn).
+        while let Some(cmd) = next {
+            if matches!(cmd, Command::Shutdown) {
+                break 'serve;
+            }
+            ctx.core.apply(cmd);
+            applied += 1;
+            if applied == COMMAND_BUDGET {
+                break;
+            }
+            next = commands.try_recv().ok();
         }
-        ctx.apply(cmd);
+        glommio::yield_if_needed().await;
     }
 
     acceptor.cancel().await;
-    ctx.close_all();
+    ctx.core.close_all();
     let _ = gate.close().await;
+    ticker.cancel().await;
     tracing::info!(shard = index, "shard stopped");
 }
 
+/// Advances the shard clock, runs the heartbeat sweep, and measures event-loop
+/// lag as the overshoot of its own sleep (kept as the max over ~1 s).
+async fn ticker<H: Handler>(ctx: Rc<ShardCtx<H>>) {
+    let core = &ctx.core;
+    let tick = (core.config.heartbeat / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    let sweep_every = (core.config.heartbeat / 4).max(tick);
+    let mut last_sweep = Instant::now();
+    let (mut window_max, mut window_start) = (0u64, Instant::now());
+    loop {
+        let before = Instant::now();
+        sleep(tick).await;
+        let now = core.tick_clock();
+        let lag = now.duration_since(before).saturating_sub(tick).as_micros() as u64;
+        window_max = window_max.max(lag);
+        if now.duration_since(window_start) >= Duration::from_secs(1) {
+            ShardCounters::set(&core.stats.loop_lag_us, window_max);
+            (window_max, window_start) = (0, now);
+        } else if lag > ShardCounters::get(&core.stats.loop_lag_us) {
+            ShardCounters::set(&core.stats.loop_lag_us, lag);
+        }
+        if now.duration_since(last_sweep) >= sweep_every {
+            last_sweep = now;
+            core.sweep();
+        }
+    }
+}
+
 async fn accept_loop<H: Handler>(ctx: Rc<ShardCtx<H>>, listener: TcpListener, gate: Gate) {
+    let core = &ctx.core;
+    // One descriptor held in reserve: when the process runs out, it is released
+    // to accept the waiting connection and refuse it at once, so clients get a
+    // prompt refusal instead of hanging in the backlog, and accept never spins.
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     let mut out_of_fds = false;
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                out_of_fds = false;
-                ShardCounters::add(&ctx.stats.accepted_total, 1);
+                if out_of_fds {
+                    tracing::info!(shard = core.index, "accept: descriptors available again");
+                    out_of_fds = false;
+                }
+                ShardCounters::add(&core.stats.accepted_total, 1);
                 match gate.spawn(conn::serve(ctx.clone(), stream)) {
                     Ok(task) => {
                         task.detach();
@@ -207,16 +340,46 @@ async fn accept_loop<H: Handler>(ctx: Rc<ShardCtx<H>>, listener: TcpListener, ga
                 let e = std::io::Error::from(e);
                 match e.raw_os_error() {
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        // Back off instead of spinning; open connections are unaffected.
                         if !out_of_fds {
-                            tracing::warn!(shard = ctx.index, error = %e, "accept: out of resources, backing off");
+                            tracing::warn!(shard = core.index, error = %e, "accept: out of descriptors, refusing new connections");
                             out_of_fds = true;
                         }
-                        sleep(ACCEPT_BACKOFF).await;
+                        match reserve.take() {
+                            Some(spare) => {
+                                drop(spare);
+                                // accept(2) fails on a full table even with nothing
+                                // pending, so this may wait for a later connection:
+                                // only refuse it if the table is still full.
+                                if let Ok(stream) = listener.accept().await {
+                                    reserve = std::fs::File::open("/dev/null").ok();
+                                    if reserve.is_some() {
+                                        ShardCounters::add(&core.stats.accepted_total, 1);
+                                        match gate.spawn(conn::serve(ctx.clone(), stream)) {
+                                            Ok(task) => {
+                                                task.detach();
+                                            }
+                                            Err(_) => return,
+                                        }
+                                        continue;
+                                    }
+                                    ShardCounters::add(&core.stats.accepts_refused, 1);
+                                    conn::refuse(stream).await;
+                                }
+                                reserve = std::fs::File::open("/dev/null").ok();
+                            }
+                            None => {
+                                sleep(ACCEPT_BACKOFF).await;
+                                reserve = std::fs::File::open("/dev/null").ok();
+                            }
+                        }
+                        if reserve.is_none() {
+                            // Someone else took the freed descriptor: wait rather than spin.
+                            sleep(ACCEPT_BACKOFF).await;
+                        }
                     }
                     Some(libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) => {}
                     _ => {
-                        tracing::warn!(shard = ctx.index, error = %e, "accept failed");
+                        tracing::warn!(shard = core.index, error = %e, "accept failed");
                         sleep(Duration::from_millis(10)).await;
                     }
                 }

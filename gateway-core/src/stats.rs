@@ -23,6 +23,13 @@ pub struct ShardStats {
     pub slow_closes: u64,
     /// Upgrades refused (handler reject, wrong path, bad request, timeout).
     pub handshake_rejects: u64,
+    /// Bytes queued for sending on this shard right now (all connections).
+    pub outbound_queue_bytes: u64,
+    /// Recent maximum event-loop lag in microseconds (a periodic timer's
+    /// overshoot, max over about one second).
+    pub loop_lag_us: u64,
+    /// Connections refused because the process was out of descriptors (EMFILE/ENFILE).
+    pub accepts_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +42,9 @@ pub(crate) struct ShardCounters {
     pub bytes_out: AtomicU64,
     pub slow_closes: AtomicU64,
     pub handshake_rejects: AtomicU64,
+    pub outbound_queue_bytes: AtomicU64,
+    pub loop_lag_us: AtomicU64,
+    pub accepts_refused: AtomicU64,
 }
 
 impl ShardCounters {
@@ -44,6 +54,14 @@ impl ShardCounters {
 
     pub fn sub(counter: &AtomicU64, n: u64) {
         counter.fetch_sub(n, Relaxed);
+    }
+
+    pub fn set(counter: &AtomicU64, n: u64) {
+        counter.store(n, Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
     }
 
     pub fn snapshot(&self, shard: usize) -> ShardStats {
@@ -57,6 +75,9 @@ impl ShardCounters {
             bytes_out: self.bytes_out.load(Relaxed),
             slow_closes: self.slow_closes.load(Relaxed),
             handshake_rejects: self.handshake_rejects.load(Relaxed),
+            outbound_queue_bytes: self.outbound_queue_bytes.load(Relaxed),
+            loop_lag_us: self.loop_lag_us.load(Relaxed),
+            accepts_refused: self.accepts_refused.load(Relaxed),
         }
     }
 }

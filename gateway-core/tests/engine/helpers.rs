@@ -162,3 +162,55 @@ pub fn raw_close_code(ws: &mut Client) -> Option<u16> {
     }
     None
 }
+
+/// A client frame with a real mask key, any payload length (our own tiny
+/// client-side encoder, so tests can send what tungstenite refuses to).
+pub fn masked(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x5a, 0x13, 0xc4, 0x7e];
+    let mut f = vec![first_byte];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&MASK);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    f
+}
+
+/// Re-runs this test binary as a child process executing only the ignored test
+/// `name` (which acts only when `GW_CHILD` is set), optionally under a lower
+/// descriptor limit. Used where a scenario needs its own process: its own fd
+/// table, or one it can exhaust without hurting tests running in parallel.
+pub fn child_test(name: &str, envs: &[(&str, String)], nofile: Option<u32>) -> std::process::Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut cmd = match nofile {
+        Some(n) => {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(exe);
+            c
+        }
+        None => std::process::Command::new(exe),
+    };
+    cmd.args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"]).env("GW_CHILD", "1");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// True inside a process started by [`child_test`].
+pub fn in_child() -> bool {
+    std::env::var_os("GW_CHILD").is_some()
+}
+
+/// Sum of a per-shard figure.
+pub fn total(engine: &EngineHandle, f: impl Fn(&gateway_core::ShardStats) -> u64) -> u64 {
+    engine.stats().iter().map(f).sum()
+}

@@ -1,6 +1,7 @@
 //! Integration tests: a real engine on 127.0.0.1:0, blocking tungstenite clients.
 
 mod helpers;
+mod robustness;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -242,9 +242,12 @@ fn scrape_hook(engine: Arc<Mutex<Option<EngineHandle>>>, metrics: Arc<Metrics>) 
         for s in &stats {
             let shard = s.shard.to_string();
             metrics.gateway_connections.with_label_values(&[&shard]).set(s.connections as i64);
+            metrics.gateway_queue_bytes.with_label_values(&[&shard]).set(s.outbound_queue_bytes as i64);
+            metrics.gateway_loop_lag.with_label_values(&[&shard]).set(s.loop_lag_us as f64 / 1e6);
             let prev = last.iter().find(|p| p.shard == s.shard);
             let pairs = [
                 ("accepts", s.accepted_total, prev.map(|p| p.accepted_total)),
+                ("accepts_refused", s.accepts_refused, prev.map(|p| p.accepts_refused)),
                 ("frames_in", s.frames_in, prev.map(|p| p.frames_in)),
                 ("frames_out", s.frames_out, prev.map(|p| p.frames_out)),
                 ("bytes_in", s.bytes_in, prev.map(|p| p.bytes_in)),

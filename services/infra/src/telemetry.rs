@@ -36,6 +36,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     pub gateway_connections: IntGaugeVec,
     pub gateway_counters: IntCounterVec,
+    pub gateway_queue_bytes: IntGaugeVec,
+    pub gateway_loop_lag: prometheus::GaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>, what: &str) -> T {
@@ -59,7 +61,7 @@ impl Metrics {
         let dead_letters = counter("gochat_dlq_records_total", "Records sent to the dead-letter topic, by source topic", &["source"]);
         let gateway_counters = counter(
             "gochat_gateway_events_total",
-            "Gateway events by shard and kind (frames_in, frames_out, bytes_in, bytes_out, accepts, slow_closes, handshake_rejects)",
+            "Gateway events by shard and kind (frames_in, frames_out, bytes_in, bytes_out, accepts, accepts_refused, slow_closes, handshake_rejects)",
             &["shard", "kind"],
         );
         let http_duration = must(
@@ -76,6 +78,16 @@ impl Metrics {
             "gateway_connections",
         );
         must(registry.register(Box::new(gateway_connections.clone())), "gateway_connections");
+        let gateway_queue_bytes = must(
+            IntGaugeVec::new(Opts::new("gochat_gateway_outbound_queue_bytes", "Bytes queued for slow sockets, by shard"), &["shard"]),
+            "gateway_queue_bytes",
+        );
+        must(registry.register(Box::new(gateway_queue_bytes.clone())), "gateway_queue_bytes");
+        let gateway_loop_lag = must(
+            prometheus::GaugeVec::new(Opts::new("gochat_gateway_loop_lag_seconds", "Recent worst event-loop lag, by shard"), &["shard"]),
+            "gateway_loop_lag",
+        );
+        must(registry.register(Box::new(gateway_loop_lag.clone())), "gateway_loop_lag");
         Self {
             registry,
             http_requests,
@@ -87,6 +99,8 @@ impl Metrics {
             dead_letters,
             gateway_connections,
             gateway_counters,
+            gateway_queue_bytes,
+            gateway_loop_lag,
         }
     }
 

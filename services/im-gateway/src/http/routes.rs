@@ -112,6 +112,9 @@ async fn shards(State(s): State<HttpState>, admin: super::Admin) -> Response {
                 "bytesOut": st.bytes_out,
                 "slowCloses": st.slow_closes,
                 "handshakeRejects": st.handshake_rejects,
+                "acceptsRefused": st.accepts_refused,
+                "outboundQueueBytes": st.outbound_queue_bytes,
+                "loopLagUs": st.loop_lag_us,
             })
         })
         .collect();

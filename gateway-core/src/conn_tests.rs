@@ -1,0 +1,82 @@
+//! Queue, close and heartbeat rules of one connection (no socket needed).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::*;
+use crate::EngineConfig;
+
+fn setup(max_out: usize) -> (Core, Conn) {
+    let config = Arc::new(EngineConfig { max_outbound_bytes: max_out, ..Default::default() });
+    let core = Core::new(0, config, Arc::default());
+    let info = ConnInfo { id: 1, user_id: 7, tag: 0, shard: 0, peer: SocketAddr::from(([127, 0, 0, 1], 1)) };
+    (core, Conn::new(info, 0))
+}
+
+fn text(s: &str) -> Bytes {
+    codec::encode(OP_TEXT, s.as_bytes())
+}
+
+fn queued(c: &Conn) -> Vec<Bytes> {
+    c.out.borrow().iter().map(|o| o.wire.clone()).collect()
+}
+
+#[test]
+fn queue_over_limit_closes_with_1013_and_drops_queue() {
+    let (core, c) = setup(14);
+    assert!(c.push_text(&core, text("12345"), 5));
+    assert!(c.push_text(&core, text("12345"), 5));
+    assert!(!c.push_text(&core, text("1"), 1));
+    assert!(c.is_closing());
+    assert_eq!(queued(&c), vec![codec::encode_close(Some(1013), "outbound queue full")]);
+    let snap = core.stats.snapshot(0);
+    assert_eq!(snap.slow_closes, 1);
+    assert_eq!(snap.outbound_queue_bytes, c.queued.get() as u64);
+    assert!(!c.push_text(&core, text("x"), 1), "no pushes after close");
+}
+
+#[test]
+fn open_frames_go_first_and_graceful_close_keeps_queue() {
+    let (core, c) = setup(1000);
+    assert!(c.push_text(&core, text("later"), 5));
+    c.push_front_all(&core, vec!["a".into(), "b".into()]);
+    c.request_close(&core, 1001, "bye", false);
+    c.request_close(&core, 1013, "ignored", true);
+    assert_eq!(queued(&c), vec![text("a"), text("b"), text("later"), codec::encode_close(Some(1001), "bye")]);
+}
+
+#[test]
+fn partial_writes_keep_the_frame_whole_and_count_on_completion() {
+    let (core, c) = setup(1000);
+    c.push_text(&core, text("hello"), 5);
+    c.push_text(&core, text("world"), 5);
+    c.consume(&core, 3);
+    assert_eq!(c.head_written.get(), 3);
+    // A discarding close must not cut the half-written frame.
+    c.request_close(&core, 1002, "", true);
+    assert_eq!(queued(&c), vec![text("hello"), codec::encode_close(Some(1002), "")]);
+    c.consume(&core, 4);
+    assert_eq!(core.stats.snapshot(0).frames_out, 1);
+    assert_eq!(core.stats.snapshot(0).bytes_out, 5);
+    c.consume(&core, 4);
+    assert!(queued(&c).is_empty());
+    assert_eq!(core.stats.snapshot(0).frames_out, 1, "control frames are not counted");
+    assert_eq!(core.stats.snapshot(0).outbound_queue_bytes, 0);
+}
+
+#[test]
+fn heartbeat_pings_after_one_interval_and_closes_after_three() {
+    let (core, c) = setup(1000);
+    c.heartbeat(&core, 50, 100);
+    assert!(queued(&c).is_empty(), "not idle yet");
+    c.heartbeat(&core, 100, 100);
+    c.heartbeat(&core, 150, 100);
+    assert_eq!(queued(&c).len(), 1, "one ping per interval");
+    c.consume(&core, 2);
+    c.last_rx.set(180);
+    c.heartbeat(&core, 250, 100);
+    assert!(queued(&c).is_empty() && !c.is_closing(), "traffic resets idleness");
+    c.heartbeat(&core, 480, 100);
+    assert!(c.is_closing());
+    assert_eq!(queued(&c).last(), Some(&codec::encode_close(Some(1001), "heartbeat timeout")));
+}
