@@ -1,16 +1,22 @@
 //! The send pipeline (ARCHITECTURE.md §2), one implementation for both the
-//! WebSocket path (upstream consumer) and `POST …/messages`:
+//! WebSocket path (upstream consumer) and `POST …/messages`, in three phases:
 //!
-//! 1. validate size and shape; the conversation must exist and the sender
-//!    must be a member and not muted;
-//! 2. claim `msg:idem:{user}:{client_msg_id}` — a repeat gets the first
-//!    send's id and seq back and nothing else happens;
-//! 3. take the next `seqId` (atomic per conversation) and a snowflake id;
-//! 4. produce the message to `gochat.messages.persist` and wait until the bus
-//!    holds it durably — only then is the message acknowledged;
-//! 5. push: small conversations are routed here by presence, one downstream
-//!    record per gateway (the ack rides on the sender's gateway record);
-//!    large groups and the world room go to `gochat.tasks.fanout`.
+//! 1. **prepare** (per message, in arrival order): validate size and shape;
+//!    the conversation must exist and the sender must be a member and not
+//!    muted; claim `msg:idem:{user}:{client_msg_id}` (a repeat gets the
+//!    first send's id and seq back and nothing else happens); take the next
+//!    `seqId` (atomic per conversation) and a snowflake id;
+//! 2. **persist** (per batch): produce the prepared messages to
+//!    `gochat.messages.persist` in one call and wait until the bus holds
+//!    them durably — only then is anything acknowledged;
+//! 3. **finish** (per message): record the idempotency result and push:
+//!    small conversations are routed here by presence, one downstream record
+//!    per gateway (the ack rides on the sender's gateway record); large
+//!    groups and the world room go to `gochat.tasks.fanout`.
+//!
+//! The upstream consumer prepares a whole partition's batch before one
+//! durable write, so a partition's throughput is not one bus-log commit per
+//! message; `POST …/messages` is a batch of one.
 
 use std::time::Duration;
 
@@ -18,7 +24,7 @@ use gochat_infra::bus::topics;
 use gochat_infra::error::{AppError, AppResult, ErrorCode};
 use gochat_infra::push::AckRoute;
 use gochat_infra::{codec, now_ms, push, rpc};
-use gochat_proto::common::{Message, User};
+use gochat_proto::common::{Conversation, Message, User};
 use gochat_proto::events::{AckTarget, FanoutTask, PersistMessage, downstream_message::Payload};
 use gochat_proto::logic::SendMessageRequest;
 use gochat_proto::repo::{ClientMsgKey, ConversationId, IdempotencyClaim, IdempotencyRecord, IdempotencyResult, ListMemberIdsRequest};
@@ -29,9 +35,86 @@ use crate::{Logic, WORLD};
 /// Longest accepted `client_msg_id`.
 pub const MAX_CLIENT_MSG_ID: usize = 64;
 
+/// A message with its seq, not yet durable.
+pub(crate) struct Draft {
+    conv: Conversation,
+    message: Message,
+    ack: Option<AckRoute>,
+    exclude_conn: String,
+    trace_id: String,
+}
+
+/// The outcome of [`Logic::prepare`].
+pub(crate) enum Prepared {
+    /// New: persist it, then [`Logic::finish`] it.
+    Fresh(Box<Draft>),
+    /// A repeat of an earlier send: already answered (the same ack again).
+    Repeat(Box<Message>),
+    /// The same `client_msg_id` is being sent right now (only when not waiting).
+    Pending,
+}
+
 impl Logic {
-    /// Sends a message; returns it with its `seq_id`. `path` labels metrics (`ws`, `http`).
+    /// Sends one message; returns it with its `seq_id`. `path` labels metrics (`ws`, `http`).
     pub async fn send_message(&self, r: SendMessageRequest, path: &str, trace_id: &str) -> AppResult<Message> {
+        match self.prepare(r, trace_id, true).await? {
+            Prepared::Repeat(m) => Ok(*m),
+            Prepared::Pending => Err(in_progress()),
+            Prepared::Fresh(draft) => {
+                self.persist(std::slice::from_ref(&draft)).await?;
+                Ok(self.finish(*draft, path).await)
+            }
+        }
+    }
+
+    /// Sends messages in order with one durable write for the batch; one
+    /// result per request, in order.
+    pub async fn send_batch(&self, requests: Vec<(SendMessageRequest, String)>, path: &str) -> Vec<AppResult<Message>> {
+        let mut results: Vec<Option<AppResult<Message>>> = Vec::with_capacity(requests.len());
+        let mut drafts: Vec<(usize, Box<Draft>)> = Vec::new();
+        for (r, trace) in requests {
+            let i = results.len();
+            results.push(None);
+            let mut prepared = self.prepare(r.clone(), &trace, false).await;
+            if matches!(prepared, Ok(Prepared::Pending)) {
+                // Its twin may be one of ours: settle those first, then wait.
+                self.settle(&mut drafts, &mut results, path).await;
+                prepared = self.prepare(r, &trace, true).await;
+            }
+            match prepared {
+                Ok(Prepared::Fresh(d)) => drafts.push((i, d)),
+                Ok(Prepared::Repeat(m)) => results[i] = Some(Ok(*m)),
+                Ok(Prepared::Pending) => results[i] = Some(Err(in_progress())),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        self.settle(&mut drafts, &mut results, path).await;
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(AppError::internal("message was not processed")))).collect()
+    }
+
+    /// Persists the pending drafts in one write and finishes them.
+    async fn settle(&self, drafts: &mut Vec<(usize, Box<Draft>)>, results: &mut [Option<AppResult<Message>>], path: &str) {
+        if drafts.is_empty() {
+            return;
+        }
+        let batch: Vec<(usize, Box<Draft>)> = std::mem::take(drafts);
+        let only: Vec<&Draft> = batch.iter().map(|(_, d)| d.as_ref()).collect();
+        match self.persist_refs(&only).await {
+            Ok(()) => {
+                for (i, d) in batch {
+                    results[i] = Some(Ok(self.finish(*d, path).await));
+                }
+            }
+            Err(e) => {
+                for (i, _) in batch {
+                    results[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Phase 1: checks and a seq, or the earlier result of a repeat.
+    pub(crate) async fn prepare(&self, r: SendMessageRequest, trace_id: &str, wait_pending: bool) -> AppResult<Prepared> {
         let caller = crate::caller(r.caller)?;
         if !(1..=3).contains(&r.message_type) {
             return Err(AppError::validation("messageType must be 1 (text), 2 (image) or 3 (file)"));
@@ -53,7 +136,6 @@ impl Logic {
         if member.muted {
             return Err(AppError::forbidden("you are muted in this conversation"));
         }
-
         let ack_route = |message_id: i64, seq_id: i64| match (&r.conn_id, &r.gateway_id) {
             (Some(conn), Some(gw)) if !conn.is_empty() && !gw.is_empty() => Some(AckRoute {
                 gateway_id: gw.clone(),
@@ -62,145 +144,129 @@ impl Logic {
             _ => None,
         };
         let sender = self.user(caller.user_id).await?.map(|u| User { password_hash: String::new(), ..u });
-        let idem_ttl_ms = (self.config.chat.idempotency_ttl_secs * 1000) as i64;
 
-        if let Some(cid) = &client_msg_id
-            && let Some(first) = self.claim(caller.user_id, cid, idem_ttl_ms).await?
-        {
-            if first.conversation_id != conv.id {
-                return Err(AppError::validation("client_msg_id was already used for a message in another conversation"));
-            }
-            // A repeat: the same ack again, nothing stored or delivered twice.
-            self.metrics.messages_sent.with_label_values(&["duplicate"]).inc();
-            if let Some(ack) = ack_route(first.message_id, first.seq_id) {
-                let payload = Payload::Message(Message { id: first.message_id, seq_id: first.seq_id, ..Default::default() });
-                push::push(self.bus.as_ref(), &conv.id, trace_id, &[], &payload, "", Some(&ack)).await?;
-            }
-            // The stored message when it is already in the database; until then, its id and seq with this request's fields.
-            let stored = rpc(self
-                .repo
-                .find_message_by_client_id(Request::new(ClientMsgKey { sender_id: caller.user_id, client_msg_id: cid.clone() })))
-            .await?
-            .message
-            .filter(|m| m.id == first.message_id);
-            return Ok(stored.unwrap_or(Message {
-                id: first.message_id,
-                conversation_id: conv.id,
-                sender_id: caller.user_id,
-                message_type: r.message_type,
-                content: r.content,
-                seq_id: first.seq_id,
-                client_msg_id,
-                created_at_ms: now_ms(),
-                sender,
-                ..Default::default()
-            }));
-        }
-
-        let conv_id = conv.id.clone();
-        let result = self
-            .persist_and_push(
-                &conv,
-                caller.user_id,
-                r.message_type,
-                r.content,
-                client_msg_id.clone(),
-                r.extra,
-                sender,
-                &ack_route,
-                trace_id,
-                r.conn_id.as_deref().unwrap_or(""),
-            )
-            .await;
         if let Some(cid) = &client_msg_id {
-            let (message_id, seq_id, release) = match &result {
-                Ok(m) => (m.id, m.seq_id, false),
-                Err(_) => (0, 0, true),
+            let first = match self.claim(caller.user_id, cid, wait_pending).await? {
+                Claim::Mine => None,
+                Claim::Pending => return Ok(Prepared::Pending),
+                Claim::Earlier(first) => Some(first),
             };
-            let rec = IdempotencyRecord {
-                user_id: caller.user_id,
-                client_msg_id: cid.clone(),
-                message_id,
-                seq_id,
-                ttl_ms: idem_ttl_ms,
-                release,
-                conversation_id: conv_id.clone(),
-            };
-            if let Err(e) = rpc(self.repo.set_idempotency(Request::new(rec))).await {
-                tracing::warn!(error = %e, "idempotency record not updated");
+            if let Some(first) = first {
+                if first.conversation_id != conv.id {
+                    return Err(AppError::validation("client_msg_id was already used for a message in another conversation"));
+                }
+                // A repeat: the same ack again, nothing stored or delivered twice.
+                self.metrics.messages_sent.with_label_values(&["duplicate"]).inc();
+                if let Some(ack) = ack_route(first.message_id, first.seq_id) {
+                    let payload = Payload::Message(Message { id: first.message_id, seq_id: first.seq_id, ..Default::default() });
+                    push::push(self.bus.as_ref(), &conv.id, trace_id, &[], &payload, "", Some(&ack)).await?;
+                }
+                // The stored message once it is in the database; until then, its id and seq with this request's fields.
+                let key = ClientMsgKey { sender_id: caller.user_id, client_msg_id: cid.clone() };
+                let stored =
+                    rpc(self.repo.find_message_by_client_id(Request::new(key))).await?.message.filter(|m| m.id == first.message_id);
+                return Ok(Prepared::Repeat(Box::new(stored.unwrap_or(Message {
+                    id: first.message_id,
+                    conversation_id: conv.id,
+                    sender_id: caller.user_id,
+                    message_type: r.message_type,
+                    content: r.content,
+                    seq_id: first.seq_id,
+                    client_msg_id,
+                    created_at_ms: now_ms(),
+                    sender,
+                    ..Default::default()
+                }))));
             }
         }
-        if result.is_ok() {
-            self.metrics.messages_sent.with_label_values(&[path]).inc();
-        }
-        result
-    }
 
-    /// The first send's result when this client message id was used before.
-    async fn claim(&self, user_id: i64, client_msg_id: &str, ttl_ms: i64) -> AppResult<Option<IdempotencyResult>> {
-        // A concurrent send of the same id is in flight: wait (briefly) for it to finish.
-        for _ in 0..100 {
-            let claim = IdempotencyClaim { user_id, client_msg_id: client_msg_id.to_string(), ttl_ms };
-            let r = rpc(self.repo.claim_idempotency(Request::new(claim))).await?;
-            if r.claimed {
-                return Ok(None);
+        let seq_id = match rpc(self.repo.next_seq(Request::new(ConversationId { conversation_id: conv.id.clone() }))).await {
+            Ok(s) => s.seq_id,
+            Err(e) => {
+                self.release(caller.user_id, client_msg_id.as_deref()).await;
+                return Err(e);
             }
-            if !r.pending {
-                return Ok(Some(r));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Not retryable on purpose: the client retries the send itself.
-        Err(AppError::new(ErrorCode::RateLimited, "an earlier send with this client_msg_id is still in progress; retry shortly"))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn persist_and_push(
-        &self,
-        conv: &gochat_proto::common::Conversation,
-        sender_id: i64,
-        message_type: i32,
-        content: String,
-        client_msg_id: Option<String>,
-        extra: Option<String>,
-        sender: Option<User>,
-        ack_route: &(dyn Fn(i64, i64) -> Option<AckRoute> + Sync),
-        trace_id: &str,
-        exclude_conn: &str,
-    ) -> AppResult<Message> {
-        let seq_id = rpc(self.repo.next_seq(Request::new(ConversationId { conversation_id: conv.id.clone() }))).await?.seq_id;
+        };
+        let id = self.ids.next_id();
+        let ack = ack_route(id, seq_id);
         let message = Message {
-            id: self.ids.next_id(),
+            id,
             conversation_id: conv.id.clone(),
-            sender_id,
-            message_type,
-            content,
+            sender_id: caller.user_id,
+            message_type: r.message_type,
+            content: r.content,
             seq_id,
             client_msg_id,
             deleted: false,
-            extra,
+            extra: r.extra,
             created_at_ms: now_ms(),
             sender,
         };
-        // Persistence first: once this returns, the message survives crashes.
-        let persist = PersistMessage { message: Some(message.clone()) };
-        self.bus.produce(vec![codec::encode(topics::PERSIST, conv.id.clone(), &persist, trace_id)]).await?;
+        Ok(Prepared::Fresh(Box::new(Draft {
+            conv,
+            message,
+            ack,
+            exclude_conn: r.conn_id.unwrap_or_default(),
+            trace_id: trace_id.to_string(),
+        })))
+    }
 
-        let ack = ack_route(message.id, message.seq_id);
+    /// Phase 2 for a batch of one.
+    async fn persist(&self, drafts: &[Box<Draft>]) -> AppResult<()> {
+        let refs: Vec<&Draft> = drafts.iter().map(|d| d.as_ref()).collect();
+        self.persist_refs(&refs).await
+    }
+
+    /// Phase 2: one durable write for the batch. On failure the claims are
+    /// released so the client can retry with the same `client_msg_id`.
+    async fn persist_refs(&self, drafts: &[&Draft]) -> AppResult<()> {
+        let records = drafts
+            .iter()
+            .map(|d| codec::encode(topics::PERSIST, d.conv.id.clone(), &PersistMessage { message: Some(d.message.clone()) }, &d.trace_id))
+            .collect();
+        if let Err(e) = self.bus.produce(records).await {
+            for d in drafts {
+                self.release(d.message.sender_id, d.message.client_msg_id.as_deref()).await;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Phase 3: the message is durable; remember it and push it. Never
+    /// fails: a message that is stored is sent, and what cannot be pushed is
+    /// fetched by clients with `?after=`.
+    async fn finish(&self, d: Draft, path: &str) -> Message {
+        let Draft { conv, message, ack, exclude_conn, trace_id } = d;
+        if let Some(cid) = &message.client_msg_id {
+            let rec = IdempotencyRecord {
+                user_id: message.sender_id,
+                client_msg_id: cid.clone(),
+                message_id: message.id,
+                seq_id: message.seq_id,
+                ttl_ms: self.idempotency_ttl_ms(),
+                release: false,
+                conversation_id: conv.id.clone(),
+            };
+            if let Err(e) = rpc(self.repo.set_idempotency(Request::new(rec))).await {
+                // The claim expires on its own; a repeat is then found in the database.
+                tracing::warn!(error = %e, "idempotency record not updated");
+            }
+        }
+        self.metrics.messages_sent.with_label_values(&[path]).inc();
         let payload = Payload::Message(message.clone());
         let large = conv.r#type == WORLD || conv.member_count as u64 > self.config.chat.large_group_threshold;
         let pushed: AppResult<()> = async {
             if large {
-                let task =
-                    FanoutTask { message: Some(message.clone()), exclude_user_ids: vec![], exclude_conn_id: exclude_conn.to_string() };
-                self.bus.produce(vec![codec::encode(topics::FANOUT, conv.id.clone(), &task, trace_id)]).await?;
+                let task = FanoutTask { message: Some(message.clone()), exclude_user_ids: vec![], exclude_conn_id: exclude_conn.clone() };
+                self.bus.produce(vec![codec::encode(topics::FANOUT, conv.id.clone(), &task, &trace_id)]).await?;
                 if let Some(ack) = &ack {
-                    push::push(self.bus.as_ref(), &conv.id, trace_id, &[], &payload, exclude_conn, Some(ack)).await?;
+                    push::push(self.bus.as_ref(), &conv.id, &trace_id, &[], &payload, &exclude_conn, Some(ack)).await?;
                 }
             } else {
                 let members = self.all_member_ids(&conv.id).await?;
                 let presence = self.presence_of(&members).await?;
-                push::push(self.bus.as_ref(), &conv.id, trace_id, &presence, &payload, exclude_conn, ack.as_ref()).await?;
+                push::push(self.bus.as_ref(), &conv.id, &trace_id, &presence, &payload, &exclude_conn, ack.as_ref()).await?;
             }
             Ok(())
         }
@@ -211,12 +277,45 @@ impl Logic {
             tracing::warn!(conversation_id = %conv.id, seq_id = message.seq_id, error = %e, "push failed after persist");
             if let Some(ack) = &ack {
                 let bare = Payload::Message(Message { id: message.id, seq_id: message.seq_id, ..Default::default() });
-                if let Err(e) = push::push(self.bus.as_ref(), &conv.id, trace_id, &[], &bare, "", Some(ack)).await {
+                if let Err(e) = push::push(self.bus.as_ref(), &conv.id, &trace_id, &[], &bare, "", Some(ack)).await {
                     tracing::warn!(error = %e, "ack not delivered; the client's retry with the same client_msg_id gets it");
                 }
             }
         }
-        Ok(message)
+        message
+    }
+
+    fn idempotency_ttl_ms(&self) -> i64 {
+        (self.config.chat.idempotency_ttl_secs * 1000) as i64
+    }
+
+    async fn release(&self, user_id: i64, client_msg_id: Option<&str>) {
+        let Some(cid) = client_msg_id else { return };
+        let rec = IdempotencyRecord { user_id, client_msg_id: cid.to_string(), release: true, ..Default::default() };
+        if let Err(e) = rpc(self.repo.set_idempotency(Request::new(rec))).await {
+            tracing::warn!(error = %e, "idempotency claim not released; it expires on its own");
+        }
+    }
+
+    /// Claims the client message id for this send.
+    async fn claim(&self, user_id: i64, client_msg_id: &str, wait_pending: bool) -> AppResult<Claim> {
+        let ttl_ms = self.idempotency_ttl_ms();
+        // A concurrent send of the same id is in flight: wait (briefly) for it to finish.
+        for _ in 0..100 {
+            let claim = IdempotencyClaim { user_id, client_msg_id: client_msg_id.to_string(), ttl_ms };
+            let r = rpc(self.repo.claim_idempotency(Request::new(claim))).await?;
+            if r.claimed {
+                return Ok(Claim::Mine);
+            }
+            if !r.pending {
+                return Ok(Claim::Earlier(r));
+            }
+            if !wait_pending {
+                return Ok(Claim::Pending);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(in_progress())
     }
 
     /// Every member id of a (small) conversation.
@@ -235,4 +334,15 @@ impl Logic {
             }
         }
     }
+}
+
+enum Claim {
+    Mine,
+    Pending,
+    Earlier(IdempotencyResult),
+}
+
+/// Not retryable on purpose: the client retries the send itself.
+fn in_progress() -> AppError {
+    AppError::new(ErrorCode::RateLimited, "an earlier send with this client_msg_id is still in progress; retry shortly")
 }

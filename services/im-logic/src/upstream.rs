@@ -2,8 +2,9 @@
 //! produced to `gochat.messages.upstream`.
 //!
 //! Records of one partition are handled in order (one conversation lives in
-//! one partition, so its messages keep their order); partitions of a batch
-//! are handled concurrently. Offsets are committed after the whole batch is
+//! one partition, so its messages keep their order) with one durable write
+//! per partition per batch ([`Logic::send_batch`]); partitions of a batch are
+//! handled concurrently. Offsets are committed after the whole batch is
 //! done. A business error (not a member, too large, ...) goes back to the
 //! sending connection as an `error` frame; a backend outage is retried
 //! until it passes, without committing; an undecodable record goes to the
@@ -58,14 +59,7 @@ async fn handle_batch(logic: &Logic, records: &[Record], shutdown: &Shutdown) ->
     for r in records {
         by_partition.entry((r.topic.as_str(), r.partition)).or_default().push(r);
     }
-    let tasks = by_partition.into_values().map(|recs| async move {
-        for r in recs {
-            if !handle(logic, r, shutdown).await {
-                return false;
-            }
-        }
-        true
-    });
+    let tasks = by_partition.into_values().map(|recs| handle_partition(logic, recs, shutdown));
     futures::future::join_all(tasks).await.into_iter().all(|done| done)
 }
 
@@ -74,60 +68,87 @@ async fn handle_batch(logic: &Logic, records: &[Record], shutdown: &Shutdown) ->
 /// partition (and the consumer's commits) for long.
 const MAX_ATTEMPTS: u32 = 9;
 
-/// Handles one record; false when shutdown interrupted it (not done).
-async fn handle(logic: &Logic, record: &Record, shutdown: &Shutdown) -> bool {
-    let trace = codec::trace_id(record);
-    let up: UpstreamMessage = match codec::decode(record) {
-        Ok(m) => m,
-        Err(e) => {
-            logic.dead_letter(record, groups::LOGIC_UPSTREAM, &format!("undecodable UpstreamMessage: {e}")).await;
-            return true;
-        }
-    };
-    let req = SendMessageRequest {
+fn request(up: &UpstreamMessage) -> SendMessageRequest {
+    SendMessageRequest {
         caller: Some(Caller { user_id: up.user_id, is_guest: up.is_guest }),
         conversation_id: up.conversation_id.clone(),
         message_type: up.message_type,
-        content: up.content,
+        content: up.content.clone(),
         client_msg_id: up.client_msg_id.clone(),
         conn_id: Some(up.conn_id.clone()),
         gateway_id: Some(up.gateway_id.clone()),
         extra: None,
-    };
-    let mut backoff = Duration::from_millis(50);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match logic.send_message(req.clone(), "ws", &trace).await {
-            Ok(_) => return true,
-            Err(e) if e.code.is_retryable() && shutdown.is_triggered() => return false,
-            Err(e) if e.code.is_retryable() && attempt < MAX_ATTEMPTS => {
-                tracing::warn!(error = %e, trace_id = %trace, attempt, "send failed, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait() => return false,
+    }
+}
+
+/// One partition's records, in order, with one durable write for the lot;
+/// false when shutdown interrupted it (not done).
+async fn handle_partition(logic: &Logic, records: Vec<&Record>, shutdown: &Shutdown) -> bool {
+    let mut ups = Vec::with_capacity(records.len());
+    for r in records {
+        match codec::decode::<UpstreamMessage>(r) {
+            Ok(up) => ups.push((up, codec::trace_id(r))),
+            Err(e) => logic.dead_letter(r, groups::LOGIC_UPSTREAM, &format!("undecodable UpstreamMessage: {e}")).await,
+        }
+    }
+    let requests = ups.iter().map(|(up, trace)| (request(up), trace.clone())).collect();
+    let results = logic.send_batch(requests, "ws").await;
+    for ((up, trace), result) in ups.iter().zip(results) {
+        match result {
+            Ok(_) => {}
+            // A backend is down: this one again on its own, with backoff.
+            Err(e) if e.code.is_retryable() => {
+                if !retry(logic, up, trace, shutdown).await {
+                    return false;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+            Err(e) => reply_error(logic, up, trace, &e).await,
+        }
+    }
+    true
+}
+
+/// Retries one send with backoff; false when shutdown interrupted it.
+async fn retry(logic: &Logic, up: &UpstreamMessage, trace: &str, shutdown: &Shutdown) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 1..MAX_ATTEMPTS {
+        if shutdown.is_triggered() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait() => return false,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        match logic.send_message(request(up), "ws", trace).await {
+            Ok(_) => return true,
+            Err(e) if e.code.is_retryable() => tracing::warn!(error = %e, trace_id = %trace, attempt, "send failed, retrying"),
             Err(e) => {
-                let reply = DownstreamMessage {
-                    target_user_ids: vec![],
-                    exclude_conn_id: String::new(),
-                    payload: Some(Payload::Error(ErrorReply {
-                        conn_id: up.conn_id.clone(),
-                        code: e.code.as_str().to_string(),
-                        message: e.message.clone(),
-                        client_msg_id: up.client_msg_id.clone(),
-                    })),
-                    ack: None,
-                };
-                let rec = codec::encode(topics::downstream(&up.gateway_id), up.conversation_id.clone(), &reply, &trace);
-                if let Err(err) = logic.bus.produce(vec![rec]).await {
-                    tracing::warn!(error = %err, "error reply not sent");
-                }
+                reply_error(logic, up, trace, &e).await;
                 return true;
             }
         }
+    }
+    reply_error(logic, up, trace, &AppError::unavailable("the message could not be accepted now; retry")).await;
+    true
+}
+
+/// Tells the sending connection why its message was refused.
+async fn reply_error(logic: &Logic, up: &UpstreamMessage, trace: &str, e: &AppError) {
+    let reply = DownstreamMessage {
+        target_user_ids: vec![],
+        exclude_conn_id: String::new(),
+        payload: Some(Payload::Error(ErrorReply {
+            conn_id: up.conn_id.clone(),
+            code: e.code.as_str().to_string(),
+            message: e.message.clone(),
+            client_msg_id: up.client_msg_id.clone(),
+        })),
+        ack: None,
+    };
+    let rec = codec::encode(topics::downstream(&up.gateway_id), up.conversation_id.clone(), &reply, trace);
+    if let Err(err) = logic.bus.produce(vec![rec]).await {
+        tracing::warn!(error = %err, "error reply not sent");
     }
 }
 

@@ -210,3 +210,38 @@ async fn a_client_msg_id_cannot_be_reused_in_another_conversation() {
     let (_, v) = app.get(&format!("/api/conversations/{ac}/messages"), &c.token).await;
     assert_eq!(v["data"]["messages"].as_array().map(Vec::len), Some(0), "nothing stored for carol");
 }
+
+#[tokio::test]
+async fn back_to_back_repeats_in_one_batch_are_stored_once() {
+    let app = spawn_app().await;
+    let a = app.user("alice").await;
+    let b = app.user("bob").await;
+    let c = app.single(&a, &b).await;
+    let mut wa = app.ws(&a).await;
+    let mut wb = app.ws(&b).await;
+    // Without waiting for acks, so the repeats land in the same upstream batch.
+    for _ in 0..3 {
+        wa.send_message(&c, "hello", "burst-1").await;
+    }
+    wa.send_message(&c, "second", "burst-2").await;
+    // Each send gets exactly one answer: an ack, or "still in progress".
+    let (mut acks, mut answers) = (Vec::new(), 0);
+    while answers < 4 {
+        let f = wa.next().await;
+        match f["type"].as_str() {
+            Some("message-ack") => acks.push(f["data"].clone()),
+            Some("error") => assert_eq!(f["data"]["code"], "RATE_LIMITED", "only 'in progress' may be refused: {f}"),
+            _ => continue,
+        }
+        answers += 1;
+    }
+    assert!(acks.iter().any(|x| x["client_msg_id"] == "burst-2"), "{acks:?}");
+    let first: Vec<_> = acks.iter().filter(|x| x["client_msg_id"] == "burst-1").collect();
+    assert!(first.windows(2).all(|w| w[0] == w[1]), "every ack of burst-1 is the same: {acks:?}");
+    assert_eq!(wb.next_of("new-message").await["data"]["content"], "hello");
+    assert_eq!(wb.next_of("new-message").await["data"]["content"], "second");
+    wb.none_of("new-message", Duration::from_millis(300)).await;
+    let stored = app.stored(&a, &c, 2).await;
+    let seqs: Vec<i64> = stored.iter().map(|m| m["seqId"].as_i64().unwrap_or(-1)).collect();
+    assert_eq!(seqs, [1, 2]);
+}
