@@ -54,11 +54,18 @@ async fn everything_survives_a_restart() {
     assert_eq!(wa.next_of("message-ack").await["data"]["seqId"], 1, "the original ack, not a new message");
 }
 
-/// A `gochat up` child process.
+/// A `gochat up` child process, killed when dropped (also when a test fails).
 struct Server {
     child: Child,
     http: String,
     ws: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn start_server(dir: &std::path::Path) -> Server {
@@ -120,9 +127,7 @@ async fn acked_messages_survive_kill_9() {
         }
     }
     // Kill right after the last ack: no graceful anything.
-    let mut child = server.child;
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+    drop(server);
 
     let server = start_server(dir.path());
     let app = ExternalApp::new(&server);
@@ -137,9 +142,6 @@ async fn acked_messages_survive_kill_9() {
     }
     let m = app.inner.send_rest(&a, &g, "next").await;
     assert_eq!(m["seqId"].as_i64(), Some(N as i64 + 1));
-    let mut child = server.child;
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// The HTTP/WS helpers pointed at a child process.
