@@ -6,8 +6,11 @@
 //! | `lg:<sender>:<n>:<unix_nanos>` | measured message `n` of user `sender` |
 //! | `lgw:<sender>:<n>:<unix_nanos>` | warm-up message (checked, not counted) |
 //!
-//! The matching `client_msg_id` is `m<n>` or `w<n>`, so an ack or an error
-//! tells which phase its message belonged to.
+//! The matching `client_msg_id` is `m<n>-<run>` or `w<n>-<run>`, so an ack or
+//! an error tells which phase its message belonged to. `<run>` is random per
+//! process: the server remembers client message ids (idempotency), so ids
+//! reused by a second run against the same users would be answered with the
+//! first run's ack and never delivered.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -48,19 +51,27 @@ pub fn parse_content(s: &str) -> Option<Stamp> {
     Some(Stamp { measured, nanos: nanos.parse().ok()? })
 }
 
-/// The `client_msg_id` of message `n`.
-pub fn client_msg_id(measured: bool, n: u64) -> String {
-    format!("{}{n}", if measured { 'm' } else { 'w' })
+/// This process's run tag (random, fixed for the process).
+fn run_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| format!("{:08x}", rand::random::<u32>()))
 }
 
-/// Whether a `client_msg_id` belongs to a measured message (`None`: not ours).
+/// The `client_msg_id` of message `n`.
+pub fn client_msg_id(measured: bool, n: u64) -> String {
+    format!("{}{n}-{}", if measured { 'm' } else { 'w' }, run_tag())
+}
+
+/// Whether a `client_msg_id` belongs to a measured message of this run (`None`: not ours).
 pub fn measured_id(id: &str) -> Option<bool> {
     let measured = match id.as_bytes().first()? {
         b'm' => true,
         b'w' => false,
         _ => return None,
     };
-    id[1..].parse::<u64>().ok().map(|_| measured)
+    let (n, tag) = id[1..].split_once('-')?;
+    (tag == run_tag()).then_some(())?;
+    n.parse::<u64>().ok().map(|_| measured)
 }
 
 /// Largest seqId window remembered per conversation (bits); beyond it only
@@ -157,6 +168,8 @@ mod tests {
         assert_eq!(measured_id(&client_msg_id(false, 0)), Some(false));
         assert_eq!(measured_id("x1"), None);
         assert_eq!(measured_id("m"), None);
+        assert_eq!(measured_id("m12-00000000").filter(|_| run_tag() != "00000000"), None, "another run's id");
+        assert_ne!(client_msg_id(true, 1), "m1", "ids carry the run tag");
         assert_eq!(measured_id(""), None);
     }
 
