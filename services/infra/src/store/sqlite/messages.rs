@@ -19,6 +19,13 @@ fn message_with_sender(row: &sqlx::sqlite::SqliteRow) -> Result<Message, sqlx::E
     Ok(m)
 }
 
+/// Moves a read pointer forward, never back (binds: user, conversation, seq, now).
+const ADVANCE_POINTER: &str = "INSERT INTO user_read_pointers (user_id, conversation_id, last_read_seq_id, updated_at)
+     VALUES (?, ?, ?, ?)
+     ON CONFLICT (user_id, conversation_id) DO UPDATE
+     SET last_read_seq_id = excluded.last_read_seq_id, updated_at = excluded.updated_at
+     WHERE excluded.last_read_seq_id > user_read_pointers.last_read_seq_id";
+
 impl SqliteStore {
     pub(super) async fn save_messages_impl(&self, messages: &[Message]) -> StoreResult<SaveOutcome> {
         for m in messages {
@@ -143,20 +150,14 @@ impl SqliteStore {
         }
         let mut tx = self.begin_write().await?;
         for (user_id, conversation_id, seq_id) in pointers {
-            sqlx::query(
-                "INSERT INTO user_read_pointers (user_id, conversation_id, last_read_seq_id, updated_at)
-                 VALUES (?, ?, ?, ?)
-                 ON CONFLICT (user_id, conversation_id) DO UPDATE
-                 SET last_read_seq_id = excluded.last_read_seq_id, updated_at = excluded.updated_at
-                 WHERE excluded.last_read_seq_id > user_read_pointers.last_read_seq_id",
-            )
-            .bind(user_id)
-            .bind(conversation_id)
-            .bind(seq_id)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            sqlx::query(ADVANCE_POINTER)
+                .bind(user_id)
+                .bind(conversation_id)
+                .bind(seq_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
         }
         tx.commit().await?;
         Ok(())
@@ -173,20 +174,14 @@ impl SqliteStore {
         // A missing pointer reads as 0, so a non-positive seq can never move
         // it; skipping the upsert then also avoids creating a pointless row.
         if seq_id > 0 {
-            let moved = sqlx::query(
-                "INSERT INTO user_read_pointers (user_id, conversation_id, last_read_seq_id, updated_at)
-                 VALUES (?, ?, ?, ?)
-                 ON CONFLICT (user_id, conversation_id) DO UPDATE
-                 SET last_read_seq_id = excluded.last_read_seq_id, updated_at = excluded.updated_at
-                 WHERE excluded.last_read_seq_id > user_read_pointers.last_read_seq_id",
-            )
-            .bind(user_id)
-            .bind(conversation_id)
-            .bind(seq_id)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            let moved = sqlx::query(ADVANCE_POINTER)
+                .bind(user_id)
+                .bind(conversation_id)
+                .bind(seq_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
             if moved.rows_affected() == 1 {
                 tx.commit().await?;
                 return Ok((seq_id, true));
