@@ -30,6 +30,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -39,6 +40,7 @@ use bytes::Bytes;
 use futures::future::{Either, select};
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use glommio::sync::Pass;
 use glommio::timer::Timer;
 
 use crate::codec::{self, Decoder, Event, Flow, OP_PING, OP_PONG, OP_TEXT};
@@ -80,6 +82,9 @@ pub(crate) struct Conn {
     /// Shard clock (ms) of the last byte received and of the last ping sent.
     last_rx: Cell<u32>,
     last_ping: Cell<u32>,
+    /// The socket while the connection is open (-1 otherwise): deliveries to
+    /// an empty queue are written straight to it from the command loop.
+    fd: Cell<RawFd>,
     /// The task's waker while it waits; taken by the first push that needs a flush.
     waker: Cell<Option<Waker>>,
 }
@@ -94,6 +99,7 @@ impl Conn {
             closing: Cell::new(false),
             last_rx: Cell::new(now),
             last_ping: Cell::new(now),
+            fd: Cell::new(-1),
             waker: Cell::new(None),
         }
     }
@@ -126,6 +132,32 @@ impl Conn {
     /// connection is closed with 1013 instead.
     pub fn push_text(&self, core: &Core, wire: Bytes, payload: u32) -> bool {
         self.push_text_at(core, wire, payload, false)
+    }
+
+    /// A delivery from the command loop. With nothing queued and the socket
+    /// open, the frame is written at once with one non-blocking `send(2)`, so
+    /// the connection task is neither woken nor polled; only an unsent
+    /// remainder (or the whole frame on EAGAIN/error) is queued for the task,
+    /// which then reports errors as usual. Limits and ordering are unchanged:
+    /// anything already queued goes first, a frame over the limit closes with 1013.
+    pub fn push_text_now(&self, core: &Core, wire: Bytes, payload: u32) -> bool {
+        let fd = self.fd.get();
+        if fd < 0 || self.is_closing() || wire.len() > core.config.max_outbound_bytes || !self.out.borrow().is_empty() {
+            return self.push_text(core, wire, payload);
+        }
+        match crate::platform::send_nonblocking(fd, &wire) {
+            Ok(n) if n == wire.len() => {
+                ShardCounters::add(&core.stats.frames_out, 1);
+                ShardCounters::add(&core.stats.bytes_out, u64::from(payload));
+                true
+            }
+            Ok(n) => {
+                self.head_written.set(n);
+                self.enqueue(core, Out { wire, payload }, false);
+                true
+            }
+            Err(_) => self.push_text(core, wire, payload),
+        }
     }
 
     fn push_text_at(&self, core: &Core, wire: Bytes, payload: u32, front: bool) -> bool {
@@ -259,26 +291,116 @@ enum End {
     PeerGone,
 }
 
-/// Serves one accepted TCP connection to the end.
-pub(crate) async fn serve<H: Handler>(ctx: Rc<ShardCtx<H>>, mut stream: TcpStream) {
+/// One connection task, from the accepted socket to `on_close`.
+///
+/// A hand-written state machine rather than one `async fn`, so that an idle
+/// connection's task is only [`Open`] (the stream, two `Rc`s, the decoder and
+/// the session): the handshake and the close handshake are boxed futures that
+/// exist only while they run, and the shard's gate pass is held inline instead
+/// of through `Gate::spawn`'s wrapper (which would store the future twice).
+pub(crate) struct Serve<H: Handler> {
+    state: State<H>,
+    /// Keeps the shard's gate open until this task ends (shutdown waits for it).
+    _pass: Pass,
+}
+
+// `Serve` never pins its fields (the session is only used through `&mut`,
+// the stream is `Unpin`, the boxed phases are pinned by their boxes).
+impl<H: Handler> Unpin for Serve<H> {}
+
+enum State<H: Handler> {
+    /// Handshake, registration and `on_open` (boxed: transient and large).
+    Starting(Pin<Box<dyn Future<Output = Option<Open<H>>>>>),
+    /// The long-lived state: read, dispatch, flush.
+    Open(Open<H>),
+    /// Flush, FIN, drain, then unregister and `on_close` (boxed: rare).
+    Closing(Pin<Box<dyn Future<Output = ()>>>),
+    Done,
+}
+
+/// What an open connection keeps between polls.
+struct Open<H: Handler> {
+    ctx: Rc<ShardCtx<H>>,
+    conn: Rc<Conn>,
+    stream: TcpStream,
+    decoder: Decoder,
+    session: H::Session,
+}
+
+impl<H: Handler> Open<H> {
+    /// Closes the socket, unregisters the connection and calls `on_close` (once).
+    fn end(self) {
+        let Open { ctx, conn, stream, decoder, session } = self;
+        conn.fd.set(-1);
+        drop((stream, decoder));
+        let core = &ctx.core;
+        conn.drop_queue(core);
+        core.unregister(&conn);
+        ctx.handler.on_close(conn.info, session);
+    }
+}
+
+/// Serves one accepted TCP connection to the end; `pass` is the shard gate's.
+pub(crate) fn serve<H: Handler>(ctx: Rc<ShardCtx<H>>, stream: TcpStream, pass: Pass) -> Serve<H> {
+    Serve { state: State::Starting(Box::pin(start(ctx, stream))), _pass: pass }
+}
+
+impl<H: Handler> Future for Serve<H> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Starting(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => this.state = State::Done,
+                    Poll::Ready(Some(open)) => {
+                        // From now on deliveries may write straight to the socket.
+                        open.conn.fd.set(open.stream.as_raw_fd());
+                        this.state = State::Open(open);
+                    }
+                },
+                State::Open(o) => {
+                    let end = match poll_open(&o.ctx, &o.conn, &mut o.stream, &mut o.decoder, &mut o.session, cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(end) => end,
+                    };
+                    o.conn.fd.set(-1);
+                    let State::Open(o) = std::mem::replace(&mut this.state, State::Done) else { unreachable!() };
+                    match end {
+                        End::Closing => this.state = State::Closing(Box::pin(close(o))),
+                        End::PeerGone => o.end(),
+                    }
+                }
+                State::Closing(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => this.state = State::Done,
+                },
+                State::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// Handshake, registration and `on_open`; `None` when the connection never opened.
+async fn start<H: Handler>(ctx: Rc<ShardCtx<H>>, mut stream: TcpStream) -> Option<Open<H>> {
     let core = &ctx.core;
-    let Ok(peer) = stream.peer_addr() else { return };
+    let peer = stream.peer_addr().ok()?;
     let _ = stream.set_nodelay(true);
-    // Boxed so the handshake's transient state does not size the long-lived task.
-    let Some((accept, mut leftover)) = Box::pin(handshake(&ctx, &mut stream, peer)).await else {
+    let Some((accept, mut leftover)) = handshake(&ctx, &mut stream, peer).await else {
         ShardCounters::add(&core.stats.handshake_rejects, 1);
-        return;
+        return None;
     };
     let Accept { user_id, tag, session } = accept;
     let make = |id| Conn::new(ConnInfo { id, user_id, tag, shard: core.index, peer }, core.now_ms());
     let Some(conn) = core.register(make) else {
         tracing::warn!(shard = core.index, "connection slab full, dropping connection");
-        return;
+        return None;
     };
-    let info = conn.info;
     let mut session = session;
     // Registered before on_open so pushes during it are kept (queued behind its frames).
-    match Box::pin(ctx.handler.on_open(info, &session)).await {
+    match ctx.handler.on_open(conn.info, &session).await {
         Ok(frames) => conn.push_front_all(core, frames),
         Err((code, reason)) => conn.request_close(core, code, &reason, true),
     }
@@ -287,17 +409,14 @@ pub(crate) async fn serve<H: Handler>(ctx: Rc<ShardCtx<H>>, mut stream: TcpStrea
         // The client may send frames right behind its upgrade request.
         process(&ctx, &conn, &mut decoder, &mut session, &mut leftover);
     }
-    drop(leftover);
+    Some(Open { ctx, conn, stream, decoder, session })
+}
 
-    let end = poll_fn(|cx| poll_open(&ctx, &conn, &mut stream, &mut decoder, &mut session, cx)).await;
-    drop(decoder);
-    if end == End::Closing {
-        Box::pin(with_timeout(core.config.handshake_timeout, finish(core, &conn, &mut stream))).await;
-    }
-    drop(stream);
-    conn.drop_queue(core);
-    core.unregister(&conn);
-    ctx.handler.on_close(info, session);
+/// The close handshake (bounded by `handshake_timeout`), then the end.
+async fn close<H: Handler>(mut o: Open<H>) {
+    let timeout = o.ctx.core.config.handshake_timeout;
+    with_timeout(timeout, finish(&o.ctx.core, &o.conn, &mut o.stream)).await;
+    o.end();
 }
 
 /// The open phase: read and dispatch what arrived, then flush the queue.

@@ -80,3 +80,54 @@ fn heartbeat_pings_after_one_interval_and_closes_after_three() {
     assert!(c.is_closing());
     assert_eq!(queued(&c).last(), Some(&codec::encode_close(Some(1001), "heartbeat timeout")));
 }
+
+#[test]
+fn direct_delivery_writes_an_idle_socket_and_queues_behind_pending_frames() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (core, c) = setup(1000);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    // Not open yet (fd unset): queued as before.
+    assert!(c.push_text_now(&core, text("queued"), 6));
+    assert_eq!(queued(&c), vec![text("queued")]);
+    c.fd.set(server.as_raw_fd());
+    // Something is queued: the new frame goes behind it, nothing is written.
+    assert!(c.push_text_now(&core, text("behind"), 6));
+    assert_eq!(queued(&c), vec![text("queued"), text("behind")]);
+    c.drop_queue(&core);
+    // Empty queue: written at once and counted, the queue stays empty.
+    assert!(c.push_text_now(&core, text("now"), 3));
+    assert!(queued(&c).is_empty());
+    let mut got = vec![0; text("now").len()];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(got, text("now"));
+    let snap = core.stats.snapshot(0);
+    assert_eq!((snap.frames_out, snap.bytes_out, snap.outbound_queue_bytes), (1, 3, 0));
+    // Over the limit still closes with 1013; closing stops direct writes.
+    assert!(!c.push_text_now(&core, Bytes::from(vec![b'x'; 2000]), 2000));
+    assert!(c.is_closing());
+    assert!(!c.push_text_now(&core, text("late"), 4));
+}
+
+#[test]
+fn idle_connection_task_stays_small() {
+    struct H;
+    impl Handler for H {
+        type Session = ();
+        fn on_handshake(&self, _req: &HandshakeRequest<'_>) -> Result<Accept<()>, crate::Reject> {
+            Ok(Accept { user_id: 1, tag: 0, session: () })
+        }
+        #[allow(clippy::manual_async_fn)]
+        fn on_open(&self, _conn: ConnInfo, _session: &()) -> impl Future<Output = Result<Vec<TextFrame>, (u16, String)>> + 'static {
+            async { Ok(Vec::new()) }
+        }
+        fn on_text(&self, _conn: ConnInfo, _session: &mut (), _text: &str, _reply: &dyn Reply) {}
+        fn on_close(&self, _conn: ConnInfo, _session: ()) {}
+    }
+    // The task future is what every idle connection keeps (plus glommio's
+    // task header): the stream, two Rcs, the decoder, the gate pass.
+    let size = std::mem::size_of::<Serve<H>>();
+    assert!(size <= std::mem::size_of::<TcpStream>() + 48, "Serve is {size} bytes");
+}

@@ -11,7 +11,7 @@
 //!
 //! The WebSocket protocol is the engine's own ([`codec`], [`handshake`]): an
 //! idle connection holds no read or write buffer (reads go through one
-//! shard-wide scratch buffer), about 1.8 KB of RSS in all; a downstream frame
+//! shard-wide scratch buffer), about 1.0 KB of RSS in all; a downstream frame
 //! is encoded once and its `Bytes` shared by every target socket; each
 //! connection flushes all its pending frames in one write per loop turn.
 //!

@@ -1,5 +1,8 @@
 //! Start-up checks for io_uring, and the only `unsafe` in the crate (two libc
-//! calls that fill caller-owned structs).
+//! calls that fill caller-owned structs, and the non-blocking `send(2)` of the
+//! direct delivery path).
+
+use std::os::fd::RawFd;
 
 use crate::EngineError;
 
@@ -68,6 +71,14 @@ fn kernel_release() -> std::io::Result<String> {
     }
     let bytes: Vec<u8> = uts.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// One non-blocking `send(2)` of `buf` on `fd` (no SIGPIPE); the bytes sent.
+pub(crate) fn send_nonblocking(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call
+    // and the kernel only reads it; a bad `fd` is reported as an error.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
 #[cfg(test)]

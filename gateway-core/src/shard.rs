@@ -6,6 +6,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -63,6 +64,31 @@ impl Slots {
     }
 }
 
+/// Hasher of the user index: user ids are integers assigned by the service,
+/// so a splitmix64 finalizer replaces SipHash (one lookup per target user per
+/// delivered message is on the hot path of room fan-out).
+#[derive(Default)]
+struct UserIdHasher(u64);
+
+impl Hasher for UserIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.0 = z ^ (z >> 31);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type UserIndex = HashMap<u64, Slots, BuildHasherDefault<UserIdHasher>>;
+
 /// The handler-independent state of a shard.
 pub(crate) struct Core {
     pub index: usize,
@@ -72,7 +98,7 @@ pub(crate) struct Core {
     pub scratch_in: RefCell<Vec<u8>>,
     pub scratch_out: RefCell<Vec<u8>>,
     conns: RefCell<Slab<Rc<Conn>>>,
-    users: RefCell<HashMap<u64, Slots>>,
+    users: RefCell<UserIndex>,
     next_seq: Cell<u64>,
     shutting_down: Cell<bool>,
     started: Instant,
@@ -89,7 +115,7 @@ impl Core {
             scratch_in: RefCell::new(vec![0; SCRATCH_IN]),
             scratch_out: RefCell::new(Vec::with_capacity(SCRATCH_OUT)),
             conns: RefCell::new(Slab::new()),
-            users: RefCell::new(HashMap::new()),
+            users: RefCell::new(UserIndex::default()),
             next_seq: Cell::new(1),
             shutting_down: Cell::new(false),
             started: Instant::now(),
@@ -167,7 +193,13 @@ impl Core {
         self.conns.borrow().get((id & KEY_MASK) as usize).filter(|c| c.info.id == id).cloned()
     }
 
-    fn apply(&self, cmd: Command) {
+    /// Applies one command. `direct`: nothing else is waiting in the channel,
+    /// so there is nothing to coalesce with and a frame for an idle connection
+    /// is written at once (see [`Conn::push_text_now`]) instead of waking its task.
+    fn apply(&self, cmd: Command, direct: bool) {
+        let push = |c: &Conn, wire: Bytes, payload: u32| {
+            if direct { c.push_text_now(self, wire, payload) } else { c.push_text(self, wire, payload) }
+        };
         match cmd {
             Command::Deliver { users, exclude, wire, payload } => {
                 let index = self.users.borrow();
@@ -178,14 +210,14 @@ impl Core {
                             && Some(c.info.id) != exclude
                         {
                             // A clone of `wire` is a refcount bump, not a copy.
-                            c.push_text(self, wire.clone(), payload);
+                            push(c, wire.clone(), payload);
                         }
                     }
                 }
             }
             Command::SendTo { conn, wire, payload } => {
                 if let Some(c) = self.get(conn) {
-                    c.push_text(self, wire, payload);
+                    push(&c, wire, payload);
                 }
             }
             Command::CloseConn { conn, code, reason } => {
@@ -266,16 +298,18 @@ pub(crate) async fn run<H: Handler>(
         let mut applied = 0;
         // Apply everything already queued, then yield so each connection task
         // writes all its new frames in one flush (coalescing per loop turn).
-        while let Some(cmd) = next {
+        // The last command of a turn writes to idle connections directly: no
+        // later frame can join theirs, so waking their tasks would only add a
+        // wake-up and a poll to the same single send(2).
+        while let Some(cmd) = next.take() {
             if matches!(cmd, Command::Shutdown) {
                 break 'serve;
             }
-            ctx.core.apply(cmd);
             applied += 1;
-            if applied == COMMAND_BUDGET {
-                break;
+            if applied < COMMAND_BUDGET {
+                next = commands.try_recv().ok();
             }
-            next = commands.try_recv().ok();
+            ctx.core.apply(cmd, next.is_none());
         }
         glommio::yield_if_needed().await;
     }
@@ -329,9 +363,11 @@ async fn accept_loop<H: Handler>(ctx: Rc<ShardCtx<H>>, listener: TcpListener, ga
                     out_of_fds = false;
                 }
                 ShardCounters::add(&core.stats.accepted_total, 1);
-                match gate.spawn(conn::serve(ctx.clone(), stream)) {
-                    Ok(task) => {
-                        task.detach();
+                // The pass lives in the task (not `Gate::spawn`'s wrapper, which
+                // would hold the connection future twice).
+                match gate.enter() {
+                    Ok(pass) => {
+                        glommio::spawn_local(conn::serve(ctx.clone(), stream, pass)).detach();
                     }
                     Err(_) => return, // gate closed: shutting down
                 }
@@ -354,9 +390,9 @@ async fn accept_loop<H: Handler>(ctx: Rc<ShardCtx<H>>, listener: TcpListener, ga
                                     reserve = std::fs::File::open("/dev/null").ok();
                                     if reserve.is_some() {
                                         ShardCounters::add(&core.stats.accepted_total, 1);
-                                        match gate.spawn(conn::serve(ctx.clone(), stream)) {
-                                            Ok(task) => {
-                                                task.detach();
+                                        match gate.enter() {
+                                            Ok(pass) => {
+                                                glommio::spawn_local(conn::serve(ctx.clone(), stream, pass)).detach();
                                             }
                                             Err(_) => return,
                                         }
