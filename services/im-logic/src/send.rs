@@ -27,7 +27,9 @@ use gochat_infra::{codec, now_ms, push, rpc};
 use gochat_proto::common::{Conversation, Message, User};
 use gochat_proto::events::{AckTarget, FanoutTask, PersistMessage, downstream_message::Payload};
 use gochat_proto::logic::SendMessageRequest;
-use gochat_proto::repo::{ClientMsgKey, ConversationId, IdempotencyClaim, IdempotencyRecord, IdempotencyResult, ListMemberIdsRequest};
+use gochat_proto::repo::{
+    ClientMsgKey, ClientMsgKeys, ConversationId, IdempotencyClaim, IdempotencyRecord, IdempotencyResult, ListMemberIdsRequest,
+};
 use tonic::Request;
 
 use crate::{Logic, WORLD};
@@ -57,7 +59,7 @@ pub(crate) enum Prepared {
 impl Logic {
     /// Sends one message; returns it with its `seq_id`. `path` labels metrics (`ws`, `http`).
     pub async fn send_message(&self, r: SendMessageRequest, path: &str, trace_id: &str) -> AppResult<Message> {
-        match self.prepare(r, trace_id, true).await? {
+        match self.prepare(r, trace_id, true, None).await? {
             Prepared::Repeat(m) => Ok(*m),
             Prepared::Pending => Err(in_progress()),
             Prepared::Fresh(draft) => {
@@ -72,14 +74,15 @@ impl Logic {
     pub async fn send_batch(&self, requests: Vec<(SendMessageRequest, String)>, path: &str) -> Vec<AppResult<Message>> {
         let mut results: Vec<Option<AppResult<Message>>> = Vec::with_capacity(requests.len());
         let mut drafts: Vec<(usize, Box<Draft>)> = Vec::new();
+        let stored = self.stored_client_ids(&requests).await;
         for (r, trace) in requests {
             let i = results.len();
             results.push(None);
-            let mut prepared = self.prepare(r.clone(), &trace, false).await;
+            let mut prepared = self.prepare(r.clone(), &trace, false, stored.as_ref()).await;
             if matches!(prepared, Ok(Prepared::Pending)) {
                 // Its twin may be one of ours: settle those first, then wait.
                 self.settle(&mut drafts, &mut results, path).await;
-                prepared = self.prepare(r, &trace, true).await;
+                prepared = self.prepare(r, &trace, true, stored.as_ref()).await;
             }
             match prepared {
                 Ok(Prepared::Fresh(d)) => drafts.push((i, d)),
@@ -90,6 +93,29 @@ impl Logic {
         }
         self.settle(&mut drafts, &mut results, path).await;
         results.into_iter().map(|r| r.unwrap_or_else(|| Err(AppError::internal("message was not processed")))).collect()
+    }
+
+    /// The batch's client message ids already in the database, in one query
+    /// (instead of one per message); `None` if the lookup failed, and then
+    /// each claim checks the database itself.
+    async fn stored_client_ids(&self, requests: &[(SendMessageRequest, String)]) -> Option<StoredIds> {
+        let keys: Vec<ClientMsgKey> = requests
+            .iter()
+            .filter_map(|(r, _)| {
+                let cid = r.client_msg_id.as_ref().filter(|c| !c.is_empty() && c.len() <= MAX_CLIENT_MSG_ID)?;
+                Some(ClientMsgKey { sender_id: r.caller.as_ref()?.user_id, client_msg_id: cid.clone() })
+            })
+            .collect();
+        if keys.is_empty() {
+            return Some(StoredIds::new());
+        }
+        match rpc(self.repo.find_messages_by_client_ids(Request::new(ClientMsgKeys { keys }))).await {
+            Ok(found) => Some(found.messages.into_iter().filter_map(|m| Some(((m.sender_id, m.client_msg_id.clone()?), m))).collect()),
+            Err(e) => {
+                tracing::warn!(error = %e, "batched client id lookup failed; checking one by one");
+                None
+            }
+        }
     }
 
     /// Persists the pending drafts in one write and finishes them.
@@ -114,7 +140,13 @@ impl Logic {
     }
 
     /// Phase 1: checks and a seq, or the earlier result of a repeat.
-    pub(crate) async fn prepare(&self, r: SendMessageRequest, trace_id: &str, wait_pending: bool) -> AppResult<Prepared> {
+    pub(crate) async fn prepare(
+        &self,
+        r: SendMessageRequest,
+        trace_id: &str,
+        wait_pending: bool,
+        stored: Option<&StoredIds>,
+    ) -> AppResult<Prepared> {
         let caller = crate::caller(r.caller)?;
         if !(1..=3).contains(&r.message_type) {
             return Err(AppError::validation("messageType must be 1 (text), 2 (image) or 3 (file)"));
@@ -146,8 +178,30 @@ impl Logic {
         let sender = self.user(caller.user_id).await?.map(|u| User { password_hash: String::new(), ..u });
 
         if let Some(cid) = &client_msg_id {
-            let first = match self.claim(caller.user_id, cid, wait_pending).await? {
-                Claim::Mine => None,
+            let first = match self.claim(caller.user_id, cid, wait_pending, stored.is_some()).await? {
+                Claim::Mine => match stored.and_then(|s| s.get(&(caller.user_id, cid.clone()))) {
+                    // New to the KV store, but stored long ago: a repeat after all.
+                    Some(m) => {
+                        let rec = IdempotencyRecord {
+                            user_id: caller.user_id,
+                            client_msg_id: cid.clone(),
+                            message_id: m.id,
+                            seq_id: m.seq_id,
+                            ttl_ms: self.idempotency_ttl_ms(),
+                            release: false,
+                            conversation_id: m.conversation_id.clone(),
+                        };
+                        rpc(self.repo.set_idempotency(Request::new(rec))).await?;
+                        Some(IdempotencyResult {
+                            claimed: false,
+                            message_id: m.id,
+                            seq_id: m.seq_id,
+                            pending: false,
+                            conversation_id: m.conversation_id.clone(),
+                        })
+                    }
+                    None => None,
+                },
                 Claim::Pending => return Ok(Prepared::Pending),
                 Claim::Earlier(first) => Some(first),
             };
@@ -298,11 +352,11 @@ impl Logic {
     }
 
     /// Claims the client message id for this send.
-    async fn claim(&self, user_id: i64, client_msg_id: &str, wait_pending: bool) -> AppResult<Claim> {
+    async fn claim(&self, user_id: i64, client_msg_id: &str, wait_pending: bool, store_checked: bool) -> AppResult<Claim> {
         let ttl_ms = self.idempotency_ttl_ms();
         // A concurrent send of the same id is in flight: wait (briefly) for it to finish.
         for _ in 0..100 {
-            let claim = IdempotencyClaim { user_id, client_msg_id: client_msg_id.to_string(), ttl_ms };
+            let claim = IdempotencyClaim { user_id, client_msg_id: client_msg_id.to_string(), ttl_ms, store_checked };
             let r = rpc(self.repo.claim_idempotency(Request::new(claim))).await?;
             if r.claimed {
                 return Ok(Claim::Mine);
@@ -335,6 +389,9 @@ impl Logic {
         }
     }
 }
+
+/// Messages already stored, by (sender, client_msg_id).
+type StoredIds = std::collections::HashMap<(i64, String), Message>;
 
 enum Claim {
     Mine,

@@ -341,6 +341,14 @@ impl Repo for RepoService {
         ok(FindMessageResponse { message: self.store.find_message_by_client_id(r.sender_id, &r.client_msg_id).await.map_err(db)? })
     }
 
+    async fn find_messages_by_client_ids(&self, req: Request<ClientMsgKeys>) -> R<FoundMessages> {
+        let keys: Vec<(i64, String)> = req.into_inner().keys.into_iter().map(|k| (k.sender_id, k.client_msg_id)).collect();
+        if keys.len() > 10_000 {
+            return Err(AppError::validation("at most 10000 keys per lookup").to_status());
+        }
+        ok(FoundMessages { messages: self.store.find_messages_by_client_ids(&keys).await.map_err(db)? })
+    }
+
     async fn update_read_pointer(&self, req: Request<ReadPointerRequest>) -> R<ReadPointerResponse> {
         let r = req.into_inner();
         let conv = self.store.get_conversation(&r.conversation_id).await.map_err(db)?.ok_or_else(|| not_found("conversation"))?;
@@ -435,7 +443,12 @@ impl Repo for RepoService {
                 // Not in the KV store; the message may still be stored from
                 // before (the KV store forgets after its TTL or a restart).
                 // The database is the truth.
-                if let Some(m) = self.store.find_message_by_client_id(r.user_id, &r.client_msg_id).await.map_err(db)? {
+                let stored = if r.store_checked {
+                    None
+                } else {
+                    self.store.find_message_by_client_id(r.user_id, &r.client_msg_id).await.map_err(db)?
+                };
+                if let Some(m) = stored {
                     self.kv.set(&key, idem_value(m.id, m.seq_id, &m.conversation_id), ttl).await.map_err(kv_err)?;
                     return ok(IdempotencyResult {
                         claimed: false,

@@ -139,6 +139,9 @@ pub trait Store: Send + Sync + 'static {
     /// History page with `sender` filled.
     async fn history(&self, conversation_id: &str, direction: HistoryDirection, limit: u32) -> StoreResult<Page<Message>>;
     async fn find_message_by_client_id(&self, sender_id: i64, client_msg_id: &str) -> StoreResult<Option<Message>>;
+    /// [`Store::find_message_by_client_id`] for many `(sender, client_msg_id)`
+    /// pairs in one query (no `sender` filled); pairs with no message are absent.
+    async fn find_messages_by_client_ids(&self, keys: &[(i64, String)]) -> StoreResult<Vec<Message>>;
     /// Moves the read pointer to `max(current, seq_id)`; returns the pointer
     /// after the call and whether it moved.
     async fn update_read_pointer(&self, user_id: i64, conversation_id: &str, seq_id: i64, now_ms: i64) -> StoreResult<(i64, bool)>;

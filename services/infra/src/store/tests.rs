@@ -493,6 +493,31 @@ pub(crate) async fn friend_accept_makes_both_ways(store: &dyn Store) {
     assert!(store.list_friends(2).await.unwrap().is_empty());
 }
 
+pub(crate) async fn client_ids_are_found_in_bulk(store: &dyn Store) {
+    users(store, &[1, 2]).await;
+    let conv = Conversation { id: "g_ids".into(), r#type: 2, created_at_ms: 1, updated_at_ms: 1, ..Default::default() };
+    let member = |u: i64| Member { conversation_id: "g_ids".into(), user_id: u, role: 1, joined_at_ms: 1, ..Default::default() };
+    store.create_conversation(&conv, &[member(1), member(2)]).await.expect("conversation");
+    let msg = |id: i64, seq: i64, sender: i64, cid: &str| Message {
+        id,
+        conversation_id: "g_ids".into(),
+        sender_id: sender,
+        message_type: 1,
+        content: "x".into(),
+        seq_id: seq,
+        client_msg_id: Some(cid.into()),
+        created_at_ms: seq,
+        ..Default::default()
+    };
+    store.save_messages(&[msg(11, 1, 1, "a"), msg(12, 2, 2, "a"), msg(13, 3, 1, "b")]).await.expect("save");
+    let keys = vec![(1, "a".to_string()), (2, "a".to_string()), (1, "zz".to_string()), (2, "b".to_string()), (1, "'); --".to_string())];
+    let mut found: Vec<(i64, i64)> =
+        store.find_messages_by_client_ids(&keys).await.expect("bulk").iter().map(|m| (m.id, m.seq_id)).collect();
+    found.sort();
+    assert_eq!(found, vec![(11, 1), (12, 2)], "only exact (sender, id) pairs");
+    assert!(store.find_messages_by_client_ids(&[]).await.expect("empty").is_empty());
+}
+
 pub(crate) async fn read_pointers_advance_in_bulk(store: &dyn Store) {
     users(store, &[1, 2]).await;
     let conv = Conversation { id: "g_bulk".into(), r#type: 2, created_at_ms: 1, updated_at_ms: 1, ..Default::default() };

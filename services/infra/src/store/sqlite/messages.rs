@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::rows::{self, message_cols, user_cols};
 use super::{SqliteStore, check_len, db_err, into_page, page_limit};
-use crate::store::{HistoryDirection, Page, SaveOutcome, StoreResult};
+use crate::store::{HistoryDirection, Page, SaveOutcome, StoreError, StoreResult};
 
 /// `VARCHAR(64)` in MySQL.
 const MAX_CLIENT_MSG_ID: usize = 64;
@@ -142,6 +142,36 @@ impl SqliteStore {
         .await
         .map_err(db_err)?;
         row.map(|r| message_with_sender(&r)).transpose().map_err(db_err)
+    }
+
+    pub(super) async fn find_messages_by_client_ids_impl(&self, keys: &[(i64, String)]) -> StoreResult<Vec<Message>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The pairs travel as one JSON array; each is looked up through the
+        // (sender_id, client_msg_id) index.
+        let json = serde_json::to_string(keys).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            message_cols!("m", ""),
+            " FROM json_each(?) k JOIN messages m
+               ON m.sender_id = json_extract(k.value, '$[0]') AND m.client_msg_id = json_extract(k.value, '$[1]')
+             ORDER BY m.created_at, m.id"
+        ))
+        .bind(json)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let m = rows::message(r, "").map_err(db_err)?;
+            // As for one id: should a client have reused one, the first stored message wins.
+            if seen.insert((m.sender_id, m.client_msg_id.clone())) {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 
     pub(super) async fn advance_read_pointers_impl(&self, pointers: &[(i64, String, i64)], now_ms: i64) -> StoreResult<()> {

@@ -253,6 +253,10 @@ impl Store for SqliteStore {
         self.friend_ids_impl(user_id).await
     }
 
+    async fn find_messages_by_client_ids(&self, keys: &[(i64, String)]) -> StoreResult<Vec<Message>> {
+        self.find_messages_by_client_ids_impl(keys).await
+    }
+
     async fn advance_read_pointers(&self, pointers: &[(i64, String, i64)], now_ms: i64) -> StoreResult<()> {
         self.advance_read_pointers_impl(pointers, now_ms).await
     }

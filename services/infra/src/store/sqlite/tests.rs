@@ -55,6 +55,7 @@ store_suite!(
     friend_accept_makes_both_ways,
     revocations_expire_and_keep_the_later_expiry,
     read_pointers_advance_in_bulk,
+    client_ids_are_found_in_bulk,
 );
 
 #[tokio::test]
