@@ -15,12 +15,31 @@ use crate::{ConnId, EngineConfig, EngineError, Handler, TextFrame, check_platfor
 /// Registered io_uring buffer per shard: glommio's minimum. The engine does no
 /// file I/O, so glommio's 10 MiB default would only burn RLIMIT_MEMLOCK.
 pub const IO_MEMORY_PER_SHARD: usize = 64 * 1024;
-/// Submission queue depth of each of a shard's 3 rings. Ring memory counts
-/// against the memlock budget too: measured on Linux 6.18 as an unprivileged
-/// user, 6 executors (3 engines x 2 shards) start within RLIMIT_MEMLOCK 768 KiB
-/// at depth 64, while at glommio's default 128 a second executor already failed
-/// under 1 MiB. Deep rings only matter for huge submission bursts.
-pub const RING_DEPTH: usize = 64;
+/// Submission queue depth of each of a shard's 3 rings when the memlock
+/// budget allows it (see [`ring_depth`]).
+///
+/// Why deep: every armed readiness poll (one per idle socket) sits in the
+/// kernel's cancel hash of the ring, whose bucket count grows with the ring
+/// size (`ilog2(cq_entries) - 5` bits, at most 8). glommio cancels and
+/// re-arms a preemption timer on every reactor turn, and each cancel walks
+/// one bucket: with 10k sockets and 4 buckets (depth 64) that walk
+/// (`io_poll_find`) was 12–15 % of all CPU in the 10k-online chat benchmark;
+/// at 1024 (64 buckets) it is ~2 % (bench/RESULTS.md).
+pub const RING_DEPTH: usize = 1024;
+/// Depth used when RLIMIT_MEMLOCK is small: ring memory counts against it
+/// too — measured on Linux 6.18 as an unprivileged user, 6 executors start
+/// within 768 KiB at depth 64, while at 128 a second one failed under 1 MiB.
+pub const SMALL_RING_DEPTH: usize = 64;
+
+/// [`RING_DEPTH`] when the process may lock at least 8 MiB (or is
+/// unlimited, e.g. root), else [`SMALL_RING_DEPTH`].
+pub fn ring_depth() -> usize {
+    match crate::platform::memlock_limit() {
+        Ok(None) => RING_DEPTH,
+        Ok(Some(bytes)) if bytes >= 8 * 1024 * 1024 => RING_DEPTH,
+        _ => SMALL_RING_DEPTH,
+    }
+}
 
 /// Entry point: starts the shards.
 pub struct Engine;
@@ -48,6 +67,7 @@ impl Engine {
         };
         // Shard 0 binds first so that port 0 resolves to one concrete port for all.
         let mut addr = config.addr;
+        let depth = ring_depth();
         for index in 0..config.shards {
             let cpu = config.cpu_for(index, online);
             let (tx, rx) = unbounded();
@@ -60,7 +80,7 @@ impl Engine {
                     let ex = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                         .name(&format!("gw-shard-{index}"))
                         .io_memory(IO_MEMORY_PER_SHARD)
-                        .ring_depth(RING_DEPTH)
+                        .ring_depth(depth)
                         .make();
                     let ex = match ex {
                         Ok(ex) => ex,

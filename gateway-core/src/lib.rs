@@ -16,8 +16,10 @@
 //! connection flushes all its pending frames in one write per loop turn.
 //!
 //! Each shard keeps its locked memory small ([`IO_MEMORY_PER_SHARD`] of
-//! registered buffers, rings of [`RING_DEPTH`] entries): several engines of a
-//! few shards fit in well under 1 MiB of RLIMIT_MEMLOCK. glommio itself refuses
+//! registered buffers; rings of [`RING_DEPTH`] entries when RLIMIT_MEMLOCK is
+//! at least 8 MiB or unlimited, else [`SMALL_RING_DEPTH`], see
+//! [`ring_depth`]): with small rings several engines of a few shards fit in
+//! well under 1 MiB of RLIMIT_MEMLOCK. glommio itself refuses
 //! to start below 512 KiB; see [`check_platform`]. For unprivileged users the
 //! kernel charges io_uring memory to the *user*, across all its processes.
 //!
@@ -49,7 +51,7 @@ mod stats;
 
 pub use api::*;
 pub use config::EngineConfig;
-pub use engine::{Engine, EngineHandle, IO_MEMORY_PER_SHARD, Pusher, RING_DEPTH};
+pub use engine::{Engine, EngineHandle, IO_MEMORY_PER_SHARD, Pusher, RING_DEPTH, SMALL_RING_DEPTH, ring_depth};
 pub use error::EngineError;
 pub use platform::{MIN_MEMLOCK_BYTES, check_platform};
 pub use stats::ShardStats;

@@ -51,7 +51,7 @@ fn parse_kernel(release: &str) -> Option<(u32, u32)> {
 }
 
 /// The soft memlock limit in bytes; `None` means unlimited.
-fn memlock_limit() -> std::io::Result<Option<u64>> {
+pub(crate) fn memlock_limit() -> std::io::Result<Option<u64>> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable rlimit that outlives the call.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
