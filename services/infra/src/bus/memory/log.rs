@@ -102,7 +102,10 @@ impl LogWriter {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendError(msg)) => {
                 if let Msg::Write(LogRequest { after: Some(after), .. }) = msg {
-                    after(Err("bus log closed"));
+                    // Callers hold the bus state lock here and `after` takes
+                    // it too: run it on its own thread, once the lock is free,
+                    // instead of deadlocking this one.
+                    std::thread::spawn(move || after(Err("bus log closed")));
                 }
                 Err(BusError::Closed)
             }
