@@ -56,7 +56,11 @@ impl Logic {
             return Err(AppError::validation("this request was already answered"));
         }
         let status = if q.accept { 1 } else { 2 };
-        let updated = rpc(self.repo.set_friend_request_status(Request::new(SetFriendRequestStatusRequest { id: fr.id, status }))).await?;
+        // Only from pending, in one statement: of two concurrent answers, one wins.
+        let req = SetFriendRequestStatusRequest { id: fr.id, status, only_if_status: Some(0) };
+        let updated = rpc(self.repo.set_friend_request_status(Request::new(req)))
+            .await
+            .map_err(|e| if e.code == ErrorCode::NotFound { AppError::validation("this request was already answered") } else { e })?;
         if q.accept {
             let create =
                 CreateConversationRequest { caller: Some(c), r#type: SINGLE, members: vec![fr.requester_id], ..Default::default() };

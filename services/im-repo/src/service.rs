@@ -395,7 +395,7 @@ impl Repo for RepoService {
     async fn set_friend_request_status(&self, req: Request<SetFriendRequestStatusRequest>) -> R<gochat_proto::common::FriendRequest> {
         let r = req.into_inner();
         self.store
-            .set_friend_request_status(r.id, r.status, now_ms())
+            .set_friend_request_status(r.id, r.status, r.only_if_status, now_ms())
             .await
             .map_err(db)?
             .map(Response::new)

@@ -69,3 +69,19 @@ async fn request_accept_reject_and_list() {
     let (_, v) = app.get("/api/friends/requests?type=received&status=0", &a.token).await;
     assert_eq!(v["data"]["requests"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn concurrent_answers_to_one_request_have_one_winner() {
+    let app = spawn_app().await;
+    let a = app.user("alice").await;
+    let b = app.user("bob").await;
+    let (_, v) = app.post("/api/friends/requests", Some(&a.token), json!({"targetUserId": b.id})).await;
+    let id = v["data"]["id"].as_str().expect("id").to_string();
+    let path = format!("/api/friends/requests/{id}");
+    let (accept, reject) =
+        tokio::join!(app.put(&path, &b.token, json!({"action": "accept"})), app.put(&path, &b.token, json!({"action": "reject"})));
+    let wins = [accept.0, reject.0].iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(wins, 1, "{accept:?} {reject:?}");
+    let friends = app.get("/api/friends", &a.token).await.1["data"]["friends"].as_array().map(Vec::len);
+    assert_eq!(friends, Some(usize::from(accept.0 == StatusCode::OK)), "friendship only if the accept won");
+}

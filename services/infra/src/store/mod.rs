@@ -162,7 +162,15 @@ pub trait Store: Send + Sync + 'static {
     async fn list_friend_requests(&self, user_id: i64, received: bool, status: Option<i32>) -> StoreResult<Vec<FriendRequest>>;
     /// Sets the status; on accept (1) also stores the reverse row as accepted,
     /// in one transaction. Returns the updated request.
-    async fn set_friend_request_status(&self, id: i64, status: i32, now_ms: i64) -> StoreResult<Option<FriendRequest>>;
+    /// With `only_if`, nothing changes (and `None` is returned) unless the
+    /// request currently has that status, checked in the same statement.
+    async fn set_friend_request_status(
+        &self,
+        id: i64,
+        status: i32,
+        only_if: Option<i32>,
+        now_ms: i64,
+    ) -> StoreResult<Option<FriendRequest>>;
     /// Accepted friendships of the user with `friend` filled (`online` false).
     async fn list_friends(&self, user_id: i64) -> StoreResult<Vec<Friend>>;
     async fn are_friends(&self, a: i64, b: i64) -> StoreResult<bool>;

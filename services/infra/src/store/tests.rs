@@ -425,7 +425,7 @@ pub(crate) async fn friend_request_conflicts_and_reopen(store: &dyn Store) {
     assert!(store.list_friend_requests(2, false, None).await.unwrap().is_empty());
     assert_eq!(store.list_friend_requests(1, false, None).await.unwrap().len(), 1);
 
-    let rejected = store.set_friend_request_status(10, 2, T0 + 1).await.unwrap().unwrap();
+    let rejected = store.set_friend_request_status(10, 2, None, T0 + 1).await.unwrap().unwrap();
     assert_eq!((rejected.status, rejected.updated_at_ms), (2, T0 + 1));
     assert!(!store.are_friends(1, 2).await.unwrap());
     assert!(store.list_friend_requests(2, true, Some(0)).await.unwrap().is_empty());
@@ -438,7 +438,7 @@ pub(crate) async fn friend_request_conflicts_and_reopen(store: &dyn Store) {
     assert!(store.get_friend_request(15).await.unwrap().is_none());
 
     // A rejected request the other way does not block a new one this way.
-    store.set_friend_request_status(10, 2, T0 + 10).await.unwrap();
+    store.set_friend_request_status(10, 2, None, T0 + 10).await.unwrap();
     let back = store.create_friend_request(&request(16, 2, 1, T0 + 11)).await.unwrap();
     assert_eq!((back.id, back.requester_id, back.status), (16, 2, 0));
 
@@ -447,14 +447,17 @@ pub(crate) async fn friend_request_conflicts_and_reopen(store: &dyn Store) {
     let received = store.list_friend_requests(1, true, None).await.unwrap();
     assert_eq!(received.iter().map(|r| r.id).collect::<Vec<_>>(), [17, 16]);
     assert!(received.iter().all(|r| r.requester.is_some() && r.target.is_some()));
-    assert!(store.set_friend_request_status(999, 1, T0).await.unwrap().is_none());
-    assert!(is_invalid(store.set_friend_request_status(10, 7, T0).await));
+    assert!(store.set_friend_request_status(999, 1, None, T0).await.unwrap().is_none());
+    assert!(is_invalid(store.set_friend_request_status(10, 7, None, T0).await));
 }
 
 pub(crate) async fn friend_accept_makes_both_ways(store: &dyn Store) {
     users(store, &[1, 2, 3, 4]).await;
     store.create_friend_request(&request(10, 1, 2, T0)).await.unwrap();
-    let accepted = store.set_friend_request_status(10, 1, T0 + 5).await.unwrap().unwrap();
+    assert!(store.set_friend_request_status(10, 1, Some(2), T0 + 4).await.unwrap().is_none(), "guard: not rejected, so unchanged");
+    assert_eq!(store.get_friend_request(10).await.unwrap().unwrap().status, 0);
+    let accepted = store.set_friend_request_status(10, 1, Some(0), T0 + 5).await.unwrap().unwrap();
+    assert!(store.set_friend_request_status(10, 2, Some(0), T0 + 6).await.unwrap().is_none(), "already answered");
     assert_eq!((accepted.status, accepted.requester_id), (1, 1));
 
     assert!(store.are_friends(1, 2).await.unwrap());
@@ -478,16 +481,16 @@ pub(crate) async fn friend_accept_makes_both_ways(store: &dyn Store) {
 
     // Accepting when a (rejected) row the other way exists accepts it in place.
     store.create_friend_request(&request(20, 3, 4, T0)).await.unwrap();
-    store.set_friend_request_status(20, 2, T0 + 1).await.unwrap();
+    store.set_friend_request_status(20, 2, None, T0 + 1).await.unwrap();
     store.create_friend_request(&request(21, 4, 3, T0 + 2)).await.unwrap();
-    store.set_friend_request_status(21, 1, T0 + 3).await.unwrap();
+    store.set_friend_request_status(21, 1, None, T0 + 3).await.unwrap();
     assert!(store.are_friends(3, 4).await.unwrap());
     assert_eq!(store.get_friend_request(20).await.unwrap().unwrap().status, 1);
     assert_eq!(store.friend_ids(3).await.unwrap(), [4]);
     assert_eq!(store.friend_ids(4).await.unwrap(), [3]);
 
     // Blocking one half ends the friendship for both sides.
-    store.set_friend_request_status(10, 3, T0 + 9).await.unwrap();
+    store.set_friend_request_status(10, 3, None, T0 + 9).await.unwrap();
     assert!(!store.are_friends(1, 2).await.unwrap());
     assert!(store.friend_ids(1).await.unwrap().is_empty());
     assert!(store.list_friends(2).await.unwrap().is_empty());

@@ -179,18 +179,26 @@ impl SqliteStore {
         rows.iter().map(|r| request_with_users(r).map_err(db_err)).collect()
     }
 
-    pub(super) async fn set_friend_request_status_impl(&self, id: i64, status: i32, now_ms: i64) -> StoreResult<Option<FriendRequest>> {
+    pub(super) async fn set_friend_request_status_impl(
+        &self,
+        id: i64,
+        status: i32,
+        only_if: Option<i32>,
+        now_ms: i64,
+    ) -> StoreResult<Option<FriendRequest>> {
         if !(PENDING..=BLOCKED).contains(&status) {
             return Err(StoreError::Invalid(format!("unknown friend request status {status}")));
         }
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(
-            "UPDATE friendship_requests SET status = ?, updated_at = ? WHERE id = ?
+            "UPDATE friendship_requests SET status = ?, updated_at = ? WHERE id = ? AND (? IS NULL OR status = ?)
              RETURNING requester_id, target_id",
         )
         .bind(status)
         .bind(now_ms)
         .bind(id)
+        .bind(only_if)
+        .bind(only_if)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;

@@ -240,8 +240,14 @@ impl Store for SqliteStore {
     async fn list_friend_requests(&self, user_id: i64, received: bool, status: Option<i32>) -> StoreResult<Vec<FriendRequest>> {
         self.list_friend_requests_impl(user_id, received, status).await
     }
-    async fn set_friend_request_status(&self, id: i64, status: i32, now_ms: i64) -> StoreResult<Option<FriendRequest>> {
-        self.set_friend_request_status_impl(id, status, now_ms).await
+    async fn set_friend_request_status(
+        &self,
+        id: i64,
+        status: i32,
+        only_if: Option<i32>,
+        now_ms: i64,
+    ) -> StoreResult<Option<FriendRequest>> {
+        self.set_friend_request_status_impl(id, status, only_if, now_ms).await
     }
     async fn list_friends(&self, user_id: i64) -> StoreResult<Vec<Friend>> {
         self.list_friends_impl(user_id).await
