@@ -19,6 +19,7 @@ use gochat_infra::codec;
 use gochat_infra::error::{AppError, AppResult, ErrorCode};
 use gochat_infra::rpc;
 use gochat_infra::shutdown::Shutdown;
+use gochat_infra::telemetry::Metrics;
 use gochat_proto::common::PresenceEntry;
 use gochat_proto::events::{DownstreamMessage, UserEvent, downstream_message::Payload, user_event};
 use gochat_proto::logic::logic_server::Logic as LogicRpc;
@@ -220,7 +221,13 @@ pub fn apply_downstream(gateway_id: &str, pusher: &Pusher, m: DownstreamMessage)
 }
 
 /// Consumes this gateway's downstream topic until shutdown.
-pub async fn run_downstream(bus: Arc<dyn Bus>, gateway_id: String, pusher: Pusher, shutdown: Shutdown) -> AppResult<()> {
+pub async fn run_downstream(
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    gateway_id: String,
+    pusher: Pusher,
+    shutdown: Shutdown,
+) -> AppResult<()> {
     let topic = topics::downstream(&gateway_id);
     let mut consumer = bus.subscribe(&groups::gateway_downstream(&gateway_id), &[topic.as_str()]).await?;
     while !shutdown.is_triggered() {
@@ -232,11 +239,8 @@ pub async fn run_downstream(bus: Arc<dyn Bus>, gateway_id: String, pusher: Pushe
             match codec::decode::<DownstreamMessage>(r) {
                 Ok(m) => apply_downstream(&gateway_id, &pusher, m),
                 Err(e) => {
-                    tracing::error!(offset = r.offset, error = %e, "undecodable downstream record dead-lettered");
                     let group = groups::gateway_downstream(&gateway_id);
-                    if let Err(e) = bus.produce(vec![codec::dead_letter(r, &group, &format!("undecodable DownstreamMessage: {e}"))]).await {
-                        tracing::error!(error = %e, "dead-letter produce failed");
-                    }
+                    codec::send_to_dlq(bus.as_ref(), &metrics, r, &group, &format!("undecodable DownstreamMessage: {e}")).await;
                 }
             }
         }

@@ -131,9 +131,9 @@ impl Gateway {
         };
         tasks.push(tokio::spawn(bridge::run_bridge(deps.logic.clone(), pusher.clone(), events_rx, bridge_cfg)));
         tasks.push(tokio::spawn(bridge::run_upstream(deps.bus.clone(), up_rx, pusher.clone())));
-        let (bus, gw, p, s) = (deps.bus.clone(), deps.gateway_id.clone(), pusher.clone(), shutdown.clone());
+        let (bus, m, gw, p, s) = (deps.bus.clone(), deps.metrics.clone(), deps.gateway_id.clone(), pusher.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = bridge::run_downstream(bus, gw, p, s.clone()).await {
+            if let Err(e) = bridge::run_downstream(bus, m, gw, p, s.clone()).await {
                 tracing::error!(error = %e, "downstream consumer failed; stopping");
                 s.trigger();
             }

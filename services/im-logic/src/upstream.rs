@@ -88,7 +88,16 @@ async fn handle_partition(logic: &Logic, records: Vec<&Record>, shutdown: &Shutd
     for r in records {
         match codec::decode::<UpstreamMessage>(r) {
             Ok(up) => ups.push((up, codec::trace_id(r))),
-            Err(e) => logic.dead_letter(r, groups::LOGIC_UPSTREAM, &format!("undecodable UpstreamMessage: {e}")).await,
+            Err(e) => {
+                codec::send_to_dlq(
+                    logic.bus.as_ref(),
+                    &logic.metrics,
+                    r,
+                    groups::LOGIC_UPSTREAM,
+                    &format!("undecodable UpstreamMessage: {e}"),
+                )
+                .await
+            }
         }
     }
     let requests = ups.iter().map(|(up, trace)| (request(up), trace.clone())).collect();
@@ -149,16 +158,5 @@ async fn reply_error(logic: &Logic, up: &UpstreamMessage, trace: &str, e: &AppEr
     let rec = codec::encode(topics::downstream(&up.gateway_id), up.conversation_id.clone(), &reply, trace);
     if let Err(err) = logic.bus.produce(vec![rec]).await {
         tracing::warn!(error = %err, "error reply not sent");
-    }
-}
-
-impl Logic {
-    /// Sends a record this consumer cannot handle to `gochat.dlq`.
-    pub(crate) async fn dead_letter(&self, record: &Record, group: &str, error: &str) {
-        tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, error, "dead-lettering record");
-        self.metrics.dead_letters.with_label_values(&[&record.topic]).inc();
-        if let Err(e) = self.bus.produce(vec![codec::dead_letter(record, group, error)]).await {
-            tracing::error!(error = %e, "dead-letter produce failed");
-        }
     }
 }

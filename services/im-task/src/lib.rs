@@ -44,11 +44,7 @@ impl Task {
     }
 
     async fn dead_letter(&self, record: &Record, group: &str, error: &str) {
-        tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, error, "dead-lettering record");
-        self.metrics.dead_letters.with_label_values(&[&record.topic]).inc();
-        if let Err(e) = self.bus.produce(vec![codec::dead_letter(record, group, error)]).await {
-            tracing::error!(error = %e, "dead-letter produce failed");
-        }
+        codec::send_to_dlq(self.bus.as_ref(), &self.metrics, record, group, error).await;
     }
 
     /// Runs `op` until it succeeds, retrying backend outages with backoff.

@@ -49,6 +49,16 @@ pub fn dead_letter(record: &Record, group: &str, error: &str) -> OutRecord {
     encode(crate::bus::topics::DLQ, record.key.clone(), &dl, &trace_id(record))
 }
 
+/// Sends a record that `group` cannot process to `gochat.dlq` (logged and
+/// counted); a failure to do so is logged, the caller goes on either way.
+pub async fn send_to_dlq(bus: &dyn crate::bus::Bus, metrics: &crate::telemetry::Metrics, record: &Record, group: &str, error: &str) {
+    tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, group, error, "dead-lettering record");
+    metrics.dead_letters.with_label_values(&[&record.topic]).inc();
+    if let Err(e) = bus.produce(vec![dead_letter(record, group, error)]).await {
+        tracing::error!(error = %e, "dead-letter produce failed");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
