@@ -2,22 +2,7 @@
 //! (sub, jti, typ, exp, iat, guest, name), verified locally: signature,
 //! expiry and type. The bench servers have no revocation set.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
-
-/// Claims of an access token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub jti: String,
-    pub typ: String,
-    pub exp: i64,
-    pub iat: i64,
-    #[serde(default)]
-    pub guest: bool,
-    #[serde(default)]
-    pub name: String,
-}
+use gochat_infra::auth::{ACCESS, Claims, TokenError, TokenKeys};
 
 /// Why a handshake is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,20 +29,16 @@ pub struct User {
     pub name: String,
 }
 
-/// Verifies (and mints) tokens with one HMAC secret.
+/// Verifies (and mints) tokens with one HMAC secret, with the server's own
+/// signer (`gochat_infra::auth`).
 #[derive(Clone)]
 pub struct Keys {
-    enc: EncodingKey,
-    dec: DecodingKey,
-    validation: Validation,
+    keys: TokenKeys,
 }
 
 impl Keys {
     pub fn new(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Keys { enc: EncodingKey::from_secret(secret), dec: DecodingKey::from_secret(secret), validation }
+        Keys { keys: TokenKeys::new(secret) }
     }
 
     /// Reads the secret from a file, trimming a trailing newline.
@@ -76,12 +57,9 @@ impl Keys {
         if token.len() > 4096 {
             return Err(AuthError::Invalid);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation).map_err(|_| AuthError::Invalid)?;
-        if data.claims.typ != "access" {
-            return Err(AuthError::Invalid);
-        }
-        let id = data.claims.sub.parse::<u64>().ok().filter(|id| *id > 0).ok_or(AuthError::Invalid)?;
-        Ok(User { id, name: data.claims.name })
+        let claims = self.keys.verify(token, ACCESS).map_err(|_: TokenError| AuthError::Invalid)?;
+        let id = claims.sub.parse::<u64>().ok().filter(|id| *id > 0).ok_or(AuthError::Invalid)?;
+        Ok(User { id, name: claims.name })
     }
 
     /// An access token for `user_id` valid for `ttl_secs`.
@@ -90,14 +68,15 @@ impl Keys {
         let claims = Claims {
             sub: user_id.to_string(),
             jti: format!("bench-{user_id}-{now}"),
-            typ: "access".into(),
+            typ: ACCESS.into(),
             exp: now + ttl_secs,
             iat: now,
             guest: false,
             name: format!("user{user_id}"),
+            rjti: None,
         };
         // HS256 over a plain struct cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc).unwrap_or_default()
+        self.keys.issue(&claims).unwrap_or_default()
     }
 
     /// Finds the token in `?token=` or `Authorization: Bearer` and verifies it.

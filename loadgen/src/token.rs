@@ -1,30 +1,17 @@
 //! Access tokens minted locally (`--auth secret`), exactly as the server
-//! issues them (`gochat_infra::auth::Claims`, HS256).
+//! issues them: the server's own `gochat_infra::auth` claims and signer.
 
 use std::path::Path;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::{Deserialize, Serialize};
+use gochat_infra::auth::{ACCESS, Claims, TokenError, TokenKeys};
 
 /// How long minted tokens live: longer than any run.
 const TTL_SECS: i64 = 24 * 3600;
 
-/// The server's access-token claims.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub jti: String,
-    pub typ: String,
-    pub exp: i64,
-    pub iat: i64,
-    pub guest: bool,
-    pub name: String,
-}
-
 /// Signs access tokens with the server's secret.
 #[derive(Clone)]
 pub struct Minter {
-    key: EncodingKey,
+    keys: TokenKeys,
 }
 
 impl Minter {
@@ -35,29 +22,29 @@ impl Minter {
     }
 
     pub fn new(secret: &[u8]) -> Minter {
-        Minter { key: EncodingKey::from_secret(secret) }
+        Minter { keys: TokenKeys::new(secret) }
     }
 
     /// An access token for user `id`.
-    pub fn mint(&self, id: &str, name: &str, guest: bool) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn mint(&self, id: &str, name: &str, guest: bool) -> Result<String, TokenError> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let claims = Claims {
             sub: id.to_string(),
             jti: format!("lg{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()),
-            typ: "access".into(),
+            typ: ACCESS.into(),
             exp: now + TTL_SECS,
             iat: now,
             guest,
             name: name.to_string(),
+            rjti: None,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+        self.keys.issue(&claims)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{DecodingKey, Validation};
 
     #[test]
     fn minted_tokens_verify_with_the_secret() {
@@ -66,17 +53,13 @@ mod tests {
         std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").expect("write");
         let m = Minter::from_file(&path).expect("read");
         let t = m.mint("42", "lg_1", true).expect("mint");
-        let mut v = Validation::new(Algorithm::HS256);
-        v.set_required_spec_claims(&["exp", "sub"]);
         // Trimmed: the newline is not part of the key.
-        let data =
-            jsonwebtoken::decode::<Claims>(&t, &DecodingKey::from_secret(b"0123456789abcdef0123456789abcdef"), &v).expect("verifies");
-        assert_eq!(data.claims.sub, "42");
-        assert_eq!(data.claims.typ, "access");
-        assert!(data.claims.guest);
-        assert_eq!(data.claims.name, "lg_1");
-        assert!(data.claims.exp > data.claims.iat);
-        assert!(jsonwebtoken::decode::<Claims>(&t, &DecodingKey::from_secret(b"other"), &v).is_err());
+        let claims = TokenKeys::new(b"0123456789abcdef0123456789abcdef").verify(&t, ACCESS).expect("verifies");
+        assert_eq!(claims.sub, "42");
+        assert!(claims.guest);
+        assert_eq!(claims.name, "lg_1");
+        assert!(claims.exp > claims.iat);
+        assert!(TokenKeys::new(b"other").verify(&t, ACCESS).is_err());
         assert_ne!(m.mint("42", "lg_1", true).expect("mint"), t, "jti is random");
     }
 }
