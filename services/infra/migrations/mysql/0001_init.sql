@@ -1,17 +1,25 @@
--- GoChat relational schema, MySQL 8 / MariaDB 10.5+ flavour (distributed
--- mode). See docs/DATA.md; mirrors migrations/sqlite/0001_init.sql.
+-- GoChat relational schema, MariaDB flavour (distributed mode; MariaDB 10.6+
+-- for JSON_TABLE, 10.11 LTS is what runs in dev and CI). See docs/DATA.md;
+-- mirrors migrations/sqlite/0001_init.sql.
 --
 -- Semantics kept identical to SQLite:
---   * every table uses utf8mb4_bin, so usernames, ids, pair keys and
---     client_msg_ids compare byte-for-byte like SQLite's BINARY collation
---     (case-insensitive search lowers both sides explicitly);
---   * times are DATETIME(3) in UTC (SQLite: INTEGER ms); the store converts;
+--   * every table uses utf8mb4_nopad_bin, so usernames, ids, pair keys and
+--     client_msg_ids compare byte-for-byte like SQLite's BINARY collation.
+--     Not utf8mb4_bin: that one is PAD SPACE, under which 'alice' = 'alice '
+--     (a unique key would reject the second name, a lookup would return the
+--     wrong user). MySQL 8 has no _nopad_bin; its equivalent is
+--     utf8mb4_0900_bin. Case-insensitive search lowers both sides explicitly;
+--   * times are DATETIME(3) in UTC (SQLite: INTEGER ms); the store converts
+--     with epoch arithmetic, independent of the session time zone;
 --   * member and read-pointer ids are assigned by the database;
 --     users, conversations, messages and friendship requests carry caller
 --     ids (snowflakes; -id for the mirror row written when a request is
---     accepted).
--- Persisting messages must use `INSERT ... ON DUPLICATE KEY UPDATE id = id`
--- (not INSERT IGNORE, which would also swallow foreign-key and data errors).
+--     accepted);
+--   * messages.content is MEDIUMTEXT: TEXT stops at 64 KiB, below what
+--     chat.max_content_bytes may be configured to (SQLite has no limit).
+-- The store never uses INSERT IGNORE: it would also turn foreign-key and
+-- data errors into warnings (a message for an unknown conversation silently
+-- dropped, an over-long value silently truncated).
 -- The world room is not created here: the repo service ensures it at start.
 
 CREATE TABLE users (
@@ -27,7 +35,7 @@ CREATE TABLE users (
     UNIQUE KEY uk_users_username (username),
     KEY idx_users_status (status),
     KEY idx_users_is_guest (is_guest)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 CREATE TABLE conversations (
     id              VARCHAR(64)  NOT NULL,
@@ -49,7 +57,7 @@ CREATE TABLE conversations (
     KEY idx_conversations_owner (owner_id),
     KEY idx_conversations_updated (updated_at),
     KEY idx_conversations_type_updated (type, updated_at)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 CREATE TABLE conversation_members (
     id              BIGINT      NOT NULL AUTO_INCREMENT,
@@ -69,14 +77,14 @@ CREATE TABLE conversation_members (
         REFERENCES conversations (id) ON DELETE CASCADE,
     CONSTRAINT fk_members_user FOREIGN KEY (user_id)
         REFERENCES users (id) ON DELETE CASCADE
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 CREATE TABLE messages (
     id              BIGINT      NOT NULL,
     conversation_id VARCHAR(64) NOT NULL,
     sender_id       BIGINT      NOT NULL,
     message_type    INT         NOT NULL,
-    content         TEXT        NOT NULL,
+    content         MEDIUMTEXT  NOT NULL,
     seq_id          BIGINT      NOT NULL,
     client_msg_id   VARCHAR(64) NULL,
     deleted         BOOLEAN     NOT NULL DEFAULT FALSE,
@@ -90,7 +98,7 @@ CREATE TABLE messages (
     KEY idx_messages_sender_client (sender_id, client_msg_id),
     CONSTRAINT fk_messages_conv FOREIGN KEY (conversation_id)
         REFERENCES conversations (id) ON DELETE CASCADE
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 CREATE TABLE user_read_pointers (
     id               BIGINT      NOT NULL AUTO_INCREMENT,
@@ -105,7 +113,7 @@ CREATE TABLE user_read_pointers (
         REFERENCES users (id) ON DELETE CASCADE,
     CONSTRAINT fk_read_pointers_conv FOREIGN KEY (conversation_id)
         REFERENCES conversations (id) ON DELETE CASCADE
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 CREATE TABLE friendship_requests (
     id                BIGINT       NOT NULL,
@@ -125,4 +133,4 @@ CREATE TABLE friendship_requests (
         REFERENCES users (id) ON DELETE CASCADE,
     CONSTRAINT fk_friendship_target FOREIGN KEY (target_id)
         REFERENCES users (id) ON DELETE CASCADE
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;

@@ -3,4 +3,4 @@ CREATE TABLE revoked_tokens (
     jti        VARCHAR(64) NOT NULL PRIMARY KEY,
     expires_at DATETIME(3) NOT NULL,
     INDEX idx_revoked_tokens_expires_at (expires_at)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
