@@ -187,6 +187,40 @@ pub(crate) async fn sql_looking_input_is_stored_verbatim(store: &dyn Store) {
     assert!(store.get_conversation(&conv.id).await.unwrap().is_some());
 }
 
+/// Text compares byte for byte: trailing spaces, case and non-ASCII all
+/// count (a PAD SPACE collation would make `alice` and `alice ` one name),
+/// and 4-byte UTF-8 is stored whole.
+pub(crate) async fn text_compares_exactly(store: &dyn Store) {
+    store.create_user(&user(1, "alice")).await.unwrap();
+    store.create_user(&user(2, "alice ")).await.expect("a trailing space makes another name");
+    store.create_user(&user(3, "Émile 😀")).await.unwrap();
+    store.create_user(&user(4, &"😀".repeat(50))).await.expect("50 four-byte characters fit");
+    assert_eq!(store.get_user_by_name("alice ").await.unwrap().map(|u| u.id), Some(2));
+    assert_eq!(store.get_user_by_name("alice").await.unwrap().map(|u| u.id), Some(1));
+    assert!(store.get_user_by_name("alice  ").await.unwrap().is_none());
+    assert_eq!(store.get_user_by_name("Émile 😀").await.unwrap().map(|u| u.username), Some("Émile 😀".to_owned()));
+    assert!(store.get_user_by_name("émile 😀").await.unwrap().is_none());
+
+    let (_, created) = store.create_conversation(&group("g", 1, T0), &[member(1, 3, T0)]).await.unwrap();
+    assert!(created);
+    let (_, created) = store.create_conversation(&group("g ", 1, T0), &[]).await.unwrap();
+    assert!(created, "`g ` is another conversation id");
+    let mut a = msg(1, "g", 1, 1);
+    a.client_msg_id = Some("x".into());
+    a.content = "naïve 😀 ✓".into();
+    let mut b = msg(2, "g", 1, 2);
+    b.client_msg_id = Some("x ".into());
+    store.save_messages(&[a, b]).await.unwrap();
+    let found = store.find_message_by_client_id(1, "x").await.unwrap().expect("x");
+    assert_eq!((found.id, found.content.as_str()), (1, "naïve 😀 ✓"));
+    assert_eq!(store.find_message_by_client_id(1, "x ").await.unwrap().map(|m| m.id), Some(2));
+    let bulk = store.find_messages_by_client_ids(&[(1, "x ".to_owned())]).await.unwrap();
+    assert_eq!(bulk.iter().map(|m| m.id).collect::<Vec<_>>(), [2]);
+
+    assert!(store.revoke_token("t", 9_000, 0).await.unwrap());
+    assert!(store.revoke_token("t ", 9_000, 0).await.unwrap(), "another token id");
+}
+
 // ---- conversations ------------------------------------------------------------
 
 pub(crate) async fn conversation_create_get_update(store: &dyn Store) {

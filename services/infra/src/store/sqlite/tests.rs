@@ -43,6 +43,7 @@ store_suite!(
     users_create_get_and_duplicates,
     users_search_escapes_like,
     sql_looking_input_is_stored_verbatim,
+    text_compares_exactly,
     conversation_create_get_update,
     single_chat_is_unique_per_pair,
     user_conversation_list,
