@@ -10,6 +10,8 @@
 //! repo service hands them out without another mapping layer. All times are
 //! Unix milliseconds.
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod sqlite;
 /// The shared behaviour suite, run by each implementation's tests.
 #[cfg(test)]
