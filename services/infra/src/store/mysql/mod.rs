@@ -75,6 +75,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connections are recycled after this, so a failover or config change reaches all of them.
 const MAX_LIFETIME: Duration = Duration::from_secs(1800);
 
+/// Prepared statements kept per connection (sqlx's default is 100): about
+/// 60 fixed ones plus one per batch size used of the multi-row INSERTs.
+const STATEMENT_CACHE: usize = 256;
+
 /// Runs on every new connection; see the module docs for why each is set.
 /// `innodb_lock_wait_timeout` (server default 50 s) is cut to 5 s so a stuck
 /// lock surfaces as a retryable 1205 within the callers' deadlines. Strict
@@ -91,7 +95,7 @@ const WRITE_ATTEMPTS: u32 = 5;
 
 /// Most rows in one multi-row INSERT (11 parameters each for messages, far
 /// below the 65 535 placeholders of a prepared statement).
-pub(crate) const BULK_ROWS: usize = 64;
+const BULK_ROWS: usize = 64;
 
 /// The MySQL implementation of [`Store`]. Cheap to clone (the pool is an `Arc`).
 #[derive(Debug, Clone)]
@@ -103,7 +107,7 @@ impl MySqlStore {
     /// Connects a pool of at most `max_connections` to `url`
     /// (`mysql://user:pass@host:port/db`). Does not migrate: see [`MySqlStore::migrate`].
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<MySqlStore> {
-        let options = MySqlConnectOptions::from_str(url)?.charset("utf8mb4");
+        let options = MySqlConnectOptions::from_str(url)?.charset("utf8mb4").statement_cache_capacity(STATEMENT_CACHE);
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
