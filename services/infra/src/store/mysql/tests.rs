@@ -256,22 +256,15 @@ async fn concurrent_overlapping_batches_neither_deadlock_nor_duplicate() {
                     for round in 0..ROUNDS {
                         // Workers 0/2/4 go a->c, 1/3/5 c->a; pairs of workers
                         // send the same seqs (a redelivery racing the original).
-                        let mut order = convs.to_vec();
-                        if worker % 2 == 1 {
-                            order.reverse();
-                        }
                         let seq = round * 3 + worker / 2 + 1;
-                        let batch: Vec<Message> = order
-                            .iter()
-                            .enumerate()
-                            .map(|(i, c)| {
-                                msg(seq * 10 + i64::try_from(convs.iter().position(|x| x == c).unwrap_or(i)).unwrap_or(0), c, seq)
-                            })
-                            .collect();
+                        let mut batch: Vec<Message> = (0_i64..).zip(convs).map(|(i, c)| msg(seq * 10 + i, c, seq)).collect();
+                        if worker % 2 == 1 {
+                            batch.reverse();
+                        }
                         inserted += store.save_messages(&batch).await.expect("save").inserted;
-                        let pointers: Vec<(i64, String, i64)> = order.iter().map(|c| (1, (*c).to_owned(), seq)).collect();
+                        let pointers: Vec<(i64, String, i64)> = batch.iter().map(|m| (1, m.conversation_id.clone(), seq)).collect();
                         store.advance_read_pointers(&pointers, seq).await.expect("pointers");
-                        store.update_read_pointer(1, order[0], seq, seq).await.expect("pointer");
+                        store.update_read_pointer(1, &batch[0].conversation_id, seq, seq).await.expect("pointer");
                     }
                     inserted
                 })
