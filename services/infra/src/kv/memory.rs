@@ -169,10 +169,12 @@ impl Kv for MemoryKv {
     }
 
     async fn presence_refresh(&self, entries: &[PresenceEntry], ttl: Duration) -> KvResult<()> {
-        let exp = Instant::now() + ttl;
+        let now = Instant::now();
+        let exp = now + ttl;
         for e in entries {
             let mut g = self.shard(&e.user_id);
-            if let Some(slot) = g.presence.get_mut(&e.user_id).and_then(|conns| conns.get_mut(&e.conn_id)) {
+            // An expired entry the sweep has not freed yet is gone too.
+            if let Some(slot) = g.presence.get_mut(&e.user_id).and_then(|conns| conns.get_mut(&e.conn_id)).filter(|(_, old)| *old > now) {
                 *slot = (e.gateway_id.clone(), exp);
             }
         }
