@@ -3,6 +3,9 @@
 //! implementation; the distributed mode implements the same trait on Redis.
 
 pub mod memory;
+/// The shared behaviour suite, run by each implementation's tests.
+#[cfg(test)]
+pub(crate) mod tests;
 
 use std::time::Duration;
 
