@@ -169,10 +169,12 @@ impl Kv for MemoryKv {
     }
 
     async fn presence_refresh(&self, entries: &[PresenceEntry], ttl: Duration) -> KvResult<()> {
-        let exp = Instant::now() + ttl;
+        let now = Instant::now();
+        let exp = now + ttl;
         for e in entries {
             let mut g = self.shard(&e.user_id);
-            if let Some(slot) = g.presence.get_mut(&e.user_id).and_then(|conns| conns.get_mut(&e.conn_id)) {
+            // An expired entry the sweep has not freed yet is gone too.
+            if let Some(slot) = g.presence.get_mut(&e.user_id).and_then(|conns| conns.get_mut(&e.conn_id)).filter(|(_, old)| *old > now) {
                 *slot = (e.gateway_id.clone(), exp);
             }
         }
@@ -199,51 +201,36 @@ impl Kv for MemoryKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::tests as suite;
+
+    /// One `#[tokio::test]` per suite check, on a paused clock (the suite's
+    /// sleeps advance it instantly).
+    macro_rules! kv_suite {
+        ($($check:ident),* $(,)?) => {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $check() {
+                    suite::$check(&MemoryKv::new()).await;
+                }
+            )*
+        };
+    }
+
+    kv_suite!(
+        seq_needs_a_seed_then_counts_up,
+        seq_incr_is_atomic,
+        set_nx_holds_until_expiry,
+        set_get_del,
+        scan_prefix_returns_only_matching_live_keys,
+        scan_prefix_takes_glob_characters_literally,
+        scan_prefix_sees_every_key_of_a_large_set_once,
+        presence_counts_and_expires_without_refresh,
+        presence_remove_and_refresh_edge_cases,
+        presence_get_many_users,
+    );
 
     fn entry(user: i64, conn: &str) -> PresenceEntry {
         PresenceEntry { user_id: user, conn_id: conn.into(), gateway_id: "gw1".into() }
-    }
-
-    #[tokio::test]
-    async fn seq_needs_a_seed_then_counts_up() {
-        let kv = MemoryKv::new();
-        assert_eq!(kv.seq_incr("c").await.expect("incr"), None);
-        assert_eq!(kv.seq_current("c").await.expect("get"), None);
-        kv.seq_seed("c", 41).await.expect("seed");
-        kv.seq_seed("c", 0).await.expect("second seed is ignored");
-        assert_eq!(kv.seq_incr("c").await.expect("incr"), Some(42));
-        assert_eq!(kv.seq_incr("c").await.expect("incr"), Some(43));
-        assert_eq!(kv.seq_current("c").await.expect("get"), Some(43));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn set_nx_holds_until_expiry() {
-        let kv = MemoryKv::new();
-        let ttl = Duration::from_secs(10);
-        assert_eq!(kv.set_nx("k", Bytes::from_static(b"a"), ttl).await.expect("nx"), None);
-        assert_eq!(kv.set_nx("k", Bytes::from_static(b"b"), ttl).await.expect("nx"), Some(Bytes::from_static(b"a")));
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(kv.get("k").await.expect("get"), None);
-        assert_eq!(kv.set_nx("k", Bytes::from_static(b"c"), ttl).await.expect("nx"), None);
-        kv.del(&["k".to_string()]).await.expect("del");
-        assert_eq!(kv.get("k").await.expect("get"), None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn presence_counts_and_expires_without_refresh() {
-        let kv = MemoryKv::new();
-        let ttl = Duration::from_secs(90);
-        assert_eq!(kv.presence_add(&entry(1, "a"), ttl).await.expect("add"), 1);
-        assert_eq!(kv.presence_add(&entry(1, "b"), ttl).await.expect("add"), 2);
-        assert_eq!(kv.presence_remove(1, "a").await.expect("rm"), 1);
-        tokio::time::advance(Duration::from_secs(60)).await;
-        kv.presence_refresh(&[entry(1, "b"), entry(1, "a")], ttl).await.expect("refresh");
-        tokio::time::advance(Duration::from_secs(60)).await;
-        let live = kv.presence_get(&[1, 2]).await.expect("get");
-        assert_eq!(live.len(), 1, "refreshed entry lives on; the removed one is not brought back: {live:?}");
-        assert_eq!(live[0].conn_id, "b");
-        tokio::time::advance(Duration::from_secs(31)).await;
-        assert!(kv.presence_get(&[1]).await.expect("get").is_empty(), "expired without refresh");
     }
 
     #[tokio::test(start_paused = true)]
@@ -257,16 +244,5 @@ mod tests {
         kv.sweep();
         assert_eq!(kv.len(), 100);
         assert!(kv.shards.iter().all(|s| s.lock().presence.is_empty()));
-    }
-
-    #[tokio::test]
-    async fn scan_prefix_returns_only_matching_live_keys() {
-        let kv = MemoryKv::new();
-        let ttl = Duration::from_secs(5);
-        kv.set("token:revoked:a", Bytes::from_static(b"1"), ttl).await.expect("set");
-        kv.set("other", Bytes::from_static(b"1"), ttl).await.expect("set");
-        let found = kv.scan_prefix("token:revoked:").await.expect("scan");
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].0, "token:revoked:a");
     }
 }

@@ -1,8 +1,14 @@
 //! Presence, sequence counters, idempotency keys, token revocation and
 //! caches: the Redis side of DATA.md. [`memory::MemoryKv`] is the embedded
-//! implementation; the distributed mode implements the same trait on Redis.
+//! implementation; `redis::RedisKv` (feature `redis`) is the distributed
+//! mode's. Both pass the behaviour suite in `kv::tests`.
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+/// The shared behaviour suite, run by each implementation's tests.
+#[cfg(test)]
+pub(crate) mod tests;
 
 use std::time::Duration;
 
