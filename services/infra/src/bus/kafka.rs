@@ -250,25 +250,35 @@ impl KafkaBus {
         })
     }
 
-    /// Replaces the idempotent producer by a plain one after the broker
-    /// refused idempotence (a fatal error in librdkafka). Returns whether
-    /// it did, i.e. whether a retry makes sense.
-    fn fall_back_if_idempotence_refused(&self, current: &Producer) -> Result<bool, BusError> {
-        if !current.idempotent {
-            return Ok(false);
-        }
+    /// After a fatal producer error (librdkafka's idempotent producer is
+    /// unusable after one) installs a new producer and returns true, so the
+    /// caller retries: a plain one when the broker does not support
+    /// idempotence (`UnsupportedFeature`, e.g. "Idempotent producer not
+    /// supported by any of the connected brokers"), a fresh idempotent one
+    /// otherwise. False when the error was not fatal.
+    fn replace_after_fatal_error(&self, current: &Arc<Producer>) -> Result<bool, BusError> {
         let Some((code, reason)) = current.inner.client().fatal_error() else {
             return Ok(false);
         };
-        tracing::error!(
-            brokers = self.opts.brokers,
-            ?code,
-            reason,
-            "kafka: the broker refused the idempotent producer; falling back to acks=all without idempotence \
-             (max.in.flight=1 keeps per-key order, but a retried send may now be stored twice)"
-        );
-        let fallback = Producer { inner: producer(&self.opts, false)?, idempotent: false };
-        self.producer.store(Arc::new(fallback));
+        if !Arc::ptr_eq(&self.producer.load_full(), current) {
+            // A concurrent produce already replaced it.
+            return Ok(true);
+        }
+        let idempotent = current.idempotent && code != RDKafkaErrorCode::UnsupportedFeature;
+        if idempotent {
+            tracing::error!(brokers = self.opts.brokers, ?code, reason, "kafka: the producer hit a fatal error; replacing it");
+        } else {
+            tracing::error!(
+                brokers = self.opts.brokers,
+                ?code,
+                reason,
+                "kafka: the broker refused the idempotent producer; falling back to acks=all without idempotence \
+                 (max.in.flight=1 keeps per-key order, but a retried send may now be stored twice)"
+            );
+        }
+        let replacement = Arc::new(Producer { inner: producer(&self.opts, idempotent)?, idempotent });
+        // Only the first of several concurrent callers installs its replacement.
+        self.producer.compare_and_swap(current, replacement);
         Ok(true)
     }
 
@@ -370,8 +380,8 @@ impl Bus for KafkaBus {
         self.ensure_topics(&topics).await?;
         let producer = self.producer.load_full();
         match self.send_all(&producer, &records).await {
-            Err(e) if self.fall_back_if_idempotence_refused(&producer)? => {
-                tracing::warn!(error = %e, "kafka: producing again without idempotence");
+            Err(e) if self.replace_after_fatal_error(&producer)? => {
+                tracing::warn!(error = %e, "kafka: producing the batch again with the new producer");
                 self.send_all(&self.producer.load_full(), &records).await
             }
             result => result,

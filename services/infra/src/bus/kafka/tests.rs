@@ -93,6 +93,7 @@ async fn wait_until_split(consumers: &mut [&mut KafkaConsumer], topic: &str, par
             }
         }
         if every_one_has_some && owners.len() == partitions as usize && owners.values().all(|n| *n == 1) {
+            println!("group settled in {:?}", start.elapsed());
             return;
         }
         assert!(start.elapsed() < PATIENCE, "group did not settle: {owners:?}");
@@ -214,7 +215,14 @@ async fn two_consumers_of_one_group_split_the_partitions() {
     let mut c2 = bus.subscribe_kafka("g", &["t"]).await.expect("subscribe");
     wait_until_split(&mut [&mut c1, &mut c2], "t", 4).await;
     bus.produce((0..40).map(|i| rec("t", &format!("k{i}"), i.to_string())).collect()).await.expect("produce");
-    let (got1, got2) = tokio::join!(drain(&mut c1, 20), drain(&mut c2, 20));
+    let (mut got1, mut got2) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    while got1.len() + got2.len() < 40 && start.elapsed() < PATIENCE {
+        got1.extend(c1.poll(100, Duration::from_millis(200)).await.expect("poll"));
+        got2.extend(c2.poll(100, Duration::from_millis(200)).await.expect("poll"));
+    }
+    assert_quiet(&mut c1).await;
+    assert_quiet(&mut c2).await;
     assert!(!got1.is_empty() && !got2.is_empty(), "both consumers get records");
     let p1: BTreeSet<u32> = got1.iter().map(|r| r.partition).collect();
     let p2: BTreeSet<u32> = got2.iter().map(|r| r.partition).collect();
@@ -341,6 +349,32 @@ async fn the_producer_is_idempotent_on_this_broker() {
     bus.produce((0..5).map(|i| rec("t", "k", i.to_string())).collect()).await.expect("produce");
     assert!(bus.is_idempotent(), "the broker accepted enable.idempotence");
     assert_eq!(bus.producer.load().inner.client().fatal_error(), None);
+}
+
+/// tansu accepts idempotence, so the fallback is exercised on librdkafka's
+/// in-process mock cluster with InitProducerId switched off: what a broker
+/// without idempotence support looks like to the client.
+#[tokio::test]
+async fn a_broker_without_idempotence_gets_a_plain_producer() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    cluster.apiversion(rdkafka::types::RDKafkaApiKey::InitProducerId, None, None).expect("switch idempotence off");
+    let namespace = random_namespace();
+    cluster.create_topic(&format!("{namespace}t"), 2, 1).expect("topic");
+    let opts = KafkaOptions { brokers: cluster.bootstrap_servers(), ..opts(&namespace) };
+    let bus = KafkaBus::connect(opts).await.expect("connect");
+    bus.known.lock().insert(bus.name("t"));
+    assert!(bus.is_idempotent());
+    let batch: Vec<OutRecord> = (0..20).map(|i| rec("t", &format!("k{}", i % 3), i.to_string())).collect();
+    let metas = bus.produce(batch.clone()).await.expect("produce falls back and goes through");
+    assert!(!bus.is_idempotent(), "the producer fell back");
+    assert_eq!(metas.len(), 20);
+    let mut last: BTreeMap<&Bytes, (u32, u64)> = BTreeMap::new();
+    for (r, m) in batch.iter().zip(&metas) {
+        if let Some((p, o)) = last.insert(&r.key, (m.partition, m.offset)) {
+            assert!(p == m.partition && o < m.offset, "key order kept without idempotence");
+        }
+    }
+    bus.produce(vec![rec("t", "k", "again".into())]).await.expect("the plain producer stays");
 }
 
 /// Name of the helper "test" the failover tests run in a child process.
