@@ -112,24 +112,16 @@ fn storage(what: &str, e: KafkaError) -> BusError {
 
 /// Kafka's rule for names: `[a-zA-Z0-9._-]{1,249}`.
 fn check_name(kind: &str, name: &str) -> Result<(), BusError> {
-    check_chars(kind, name)?;
-    if name.is_empty() {
-        return Err(BusError::Invalid(format!("empty kafka {kind} name")));
-    }
-    Ok(())
-}
-
-/// A namespaced name: both parts must be valid, and the name not empty.
-fn check_namespaced(kind: &str, namespace: &str, name: &str) -> Result<(), BusError> {
-    check_name(kind, name)?;
-    check_name(kind, &format!("{namespace}{name}"))
-}
-
-fn check_chars(kind: &str, name: &str) -> Result<(), BusError> {
-    if name.len() > MAX_NAME || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if name.is_empty() || name.len() > MAX_NAME || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         return Err(BusError::Invalid(format!("bad kafka {kind} name {name:?}")));
     }
     Ok(())
+}
+
+/// The name must be valid on its own (so not empty) and with the namespace.
+fn check_namespaced(kind: &str, namespace: &str, name: &str) -> Result<(), BusError> {
+    check_name(kind, name)?;
+    check_name(kind, &format!("{namespace}{name}"))
 }
 
 fn check_partitions(partitions: u32) -> Result<(), BusError> {
