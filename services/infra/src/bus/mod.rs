@@ -2,9 +2,11 @@
 //! groups, explicit commits, redelivery of what was not committed).
 //!
 //! [`memory::MemoryBus`] is the embedded implementation (in-process, with an
-//! optional durable log in SQLite); the distributed mode implements the same
-//! traits on Kafka.
+//! optional durable log in SQLite); `kafka::KafkaBus` (feature `kafka`) is
+//! the distributed mode's.
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 
 use std::time::Duration;
