@@ -78,14 +78,14 @@ pub async fn build(config: Config, shutdown: Shutdown) -> Result<App, StartError
     if config.auth.jwt_secret.is_empty() {
         config.auth.jwt_secret = crate::secret::load_or_create(&dir).map_err(|source| StartError::DataDir { path: dir.clone(), source })?;
     }
-    let config = Arc::new(config);
+    let config = gochat_infra::config::LiveConfig::new(config);
     let metrics = Arc::new(Metrics::new());
-    let keys = TokenKeys::new(config.auth.jwt_secret.as_bytes());
+    let keys = TokenKeys::new(config.get().auth.jwt_secret.as_bytes());
 
     let store = SqliteStore::open(&dir.join("gochat.db")).await?;
     let pool = store.pool().clone();
     let bus = MemoryBus::open(MemoryBusConfig {
-        default_partitions: config.bus.partitions,
+        default_partitions: config.get().bus.partitions,
         log_path: Some(dir.join("bus.db")),
         // Acked messages live in these until stored; the DLQ may hold acked
         // messages the store refused, kept for an operator.
@@ -140,9 +140,10 @@ pub async fn build(config: Config, shutdown: Shutdown) -> Result<App, StartError
         logic: logic_rpc,
         bus: bus_dyn,
         config: config.clone(),
+        rate_limiter: None,
         keys,
         metrics,
-        gateway_id: format!("gw-{}-{}", config.node_id, random_token(6)),
+        gateway_id: format!("gw-{}-{}", config.get().node_id, random_token(6)),
         health: vec![("store".into(), store_check)],
     };
     let gateway = match Gateway::start(deps, shutdown.clone()).await {

@@ -27,11 +27,10 @@ use std::time::Duration;
 use gateway_core::{Engine, EngineConfig, EngineHandle, ShardStats};
 use gochat_infra::auth::{RevokedSet, TokenKeys};
 use gochat_infra::bus::Bus;
-use gochat_infra::config::Config;
+use gochat_infra::config::LiveConfig;
 use gochat_infra::shutdown::Shutdown;
 use gochat_infra::telemetry::Metrics;
 use gochat_proto::logic::logic_server::Logic as LogicRpc;
-use governor::Quota;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
@@ -54,7 +53,9 @@ pub enum GatewayError {
 pub struct GatewayDeps {
     pub logic: Arc<dyn LogicRpc>,
     pub bus: Arc<dyn Bus>,
-    pub config: Arc<Config>,
+    pub config: LiveConfig,
+    /// Per-IP HTTP limits; `None` = this process's own (embedded mode).
+    pub rate_limiter: Option<Arc<dyn http::HttpRateLimiter>>,
     pub keys: TokenKeys,
     pub metrics: Arc<Metrics>,
     /// Unique among running gateways; names this gateway's downstream topic.
@@ -77,7 +78,7 @@ pub struct Gateway {
 impl Gateway {
     /// Binds both ports, starts the shards and the bridge tasks.
     pub async fn start(deps: GatewayDeps, shutdown: Shutdown) -> Result<Gateway, GatewayError> {
-        let cfg = deps.config.clone();
+        let cfg = deps.config.get();
         let revoked = RevokedSet::default();
         let known = gochat_infra::rpc(deps.logic.list_revoked_tokens(tonic::Request::new(gochat_proto::logic::Empty {})))
             .await
@@ -92,8 +93,6 @@ impl Gateway {
 
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let (up_tx, up_rx) = tokio::sync::mpsc::channel(16 * 1024);
-        let per_sec = std::num::NonZeroU32::new(cfg.ws.rate_per_sec).unwrap_or(std::num::NonZeroU32::MIN);
-        let burst = std::num::NonZeroU32::new(cfg.ws.burst).unwrap_or(per_sec);
         let shared = Arc::new(ws::WsShared {
             keys: deps.keys.clone(),
             revoked: revoked.clone(),
@@ -102,7 +101,7 @@ impl Gateway {
             upstream: up_tx,
             heartbeat_secs: cfg.ws.heartbeat_secs,
             max_content: cfg.chat.max_content_bytes,
-            quota: Quota::per_second(per_sec).allow_burst(burst),
+            config: deps.config.clone(),
         });
         let shards = if cfg.ws.shards == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cfg.ws.shards };
         let engine_cfg = EngineConfig {
@@ -155,18 +154,13 @@ impl Gateway {
                 Box::pin(async move { if up { Ok(()) } else { Err("websocket engine stopped".to_string()) } })
             }),
         ));
-        let ip_limiter = http::HttpState::ip_limiter(&cfg);
-        let signup_limiter = http::HttpState::signup_limiter(&cfg);
-        let (limiters, s) = ([ip_limiter.clone(), signup_limiter.clone()], shutdown.clone());
+        let limiter = deps.rate_limiter.unwrap_or_else(|| Arc::new(http::LocalRateLimiter::new(deps.config.clone())));
+        let (l, s) = (limiter.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
-            // Keyed limiters keep one entry per client IP ever seen: forget idle ones.
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => for l in &limiters {
-                        l.retain_recent();
-                        l.shrink_to_fit();
-                    },
+                    _ = tick.tick() => l.sweep(),
                     _ = s.wait() => break,
                 }
             }
@@ -175,11 +169,10 @@ impl Gateway {
             logic: deps.logic,
             keys: deps.keys,
             revoked,
-            config: cfg.clone(),
+            config: deps.config.clone(),
             metrics: deps.metrics.clone(),
             health: Arc::new(health),
-            ip_limiter,
-            signup_limiter,
+            limiter,
             on_scrape: scrape_hook(engine.clone(), deps.metrics),
             shard_stats: {
                 let engine = engine.clone();

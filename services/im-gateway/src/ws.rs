@@ -58,7 +58,18 @@ pub struct WsShared {
     pub upstream: mpsc::Sender<Outgoing>,
     pub heartbeat_secs: u64,
     pub max_content: usize,
-    pub quota: Quota,
+    /// Read when a connection opens: `ws.rate_per_sec` / `ws.burst` changes apply to new connections.
+    pub config: gochat_infra::config::LiveConfig,
+}
+
+impl WsShared {
+    /// The per-connection message quota from the current configuration.
+    fn quota(&self) -> Quota {
+        let c = self.config.get();
+        let per_sec = std::num::NonZeroU32::new(c.ws.rate_per_sec).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = std::num::NonZeroU32::new(c.ws.burst).unwrap_or(per_sec);
+        Quota::per_second(per_sec).allow_burst(burst)
+    }
 }
 
 /// The string form of a connection id: unique across gateways.
@@ -124,7 +135,7 @@ impl Handler for WsHandler {
         Ok(Accept {
             user_id: user_id as u64,
             tag: tag_of(&claims.jti),
-            session: Session { user_id, is_guest: claims.guest, limiter: RateLimiter::direct(self.shared.quota) },
+            session: Session { user_id, is_guest: claims.guest, limiter: RateLimiter::direct(self.shared.quota()) },
         })
     }
 

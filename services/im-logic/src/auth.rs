@@ -181,7 +181,7 @@ impl Logic {
     pub(crate) fn tokens(&self, mut user: User) -> AppResult<AuthTokens> {
         user.password_hash.clear();
         let now = now_ms() / 1000;
-        let access_exp = now + self.config.auth.access_ttl_secs as i64;
+        let access_exp = now + self.config.get().auth.access_ttl_secs as i64;
         let refresh_jti = random_token(24);
         let access = Claims {
             sub: user.id.to_string(),
@@ -197,7 +197,7 @@ impl Logic {
             sub: user.id.to_string(),
             jti: refresh_jti,
             typ: REFRESH.into(),
-            exp: now + self.config.auth.refresh_ttl_secs as i64,
+            exp: now + self.config.get().auth.refresh_ttl_secs as i64,
             iat: now,
             guest: user.is_guest,
             name: user.username.clone(),

@@ -84,8 +84,8 @@ impl Logic {
                 let mut ids: Vec<i64> =
                     q.members.iter().copied().filter(|id| *id != c.user_id).collect::<HashSet<_>>().into_iter().collect();
                 ids.sort_unstable();
-                if ids.len() as u64 + 1 > self.config.chat.max_group_members {
-                    return Err(AppError::validation(format!("a group has at most {} members", self.config.chat.max_group_members)));
+                if ids.len() as u64 + 1 > self.config.get().chat.max_group_members {
+                    return Err(AppError::validation(format!("a group has at most {} members", self.config.get().chat.max_group_members)));
                 }
                 let found = self.users(ids.clone()).await?;
                 if found.len() != ids.len() {
@@ -203,7 +203,7 @@ impl Logic {
                 timestamp_ms: now_ms(),
             };
             self.bus.produce(vec![codec::encode(gochat_infra::bus::topics::MESSAGE_EVENTS, conv.id.clone(), &event, &trace)]).await?;
-            if conv.r#type == WORLD || conv.member_count as u64 > self.config.chat.large_group_threshold {
+            if conv.r#type == WORLD || conv.member_count as u64 > self.config.get().chat.large_group_threshold {
                 return Ok(());
             }
             let others: Vec<i64> = self.all_member_ids(&conv.id).await?.into_iter().filter(|id| *id != user_id).collect();
@@ -250,8 +250,8 @@ impl Logic {
                     return Err(AppError::forbidden("only the owner or an admin can add members"));
                 }
                 no_guests(&c)?;
-                if conv.member_count as u64 + ids.len() as u64 > self.config.chat.max_group_members {
-                    return Err(AppError::validation(format!("a group has at most {} members", self.config.chat.max_group_members)));
+                if conv.member_count as u64 + ids.len() as u64 > self.config.get().chat.max_group_members {
+                    return Err(AppError::validation(format!("a group has at most {} members", self.config.get().chat.max_group_members)));
                 }
             }
             _ => return Err(AppError::forbidden("members of a single chat cannot change")),

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use gochat_infra::auth::TokenKeys;
 use gochat_infra::bus::Bus;
-use gochat_infra::config::Config;
+use gochat_infra::config::LiveConfig;
 use gochat_infra::error::{AppError, AppResult};
 use gochat_infra::ids::Snowflake;
 use gochat_infra::rpc;
@@ -57,15 +57,15 @@ pub const WORLD_ID: &str = "world";
 pub struct Logic {
     pub(crate) repo: Arc<dyn Repo>,
     pub(crate) bus: Arc<dyn Bus>,
-    pub(crate) config: Arc<Config>,
+    pub(crate) config: LiveConfig,
     pub(crate) keys: TokenKeys,
     pub(crate) ids: Arc<Snowflake>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Logic {
-    pub fn new(repo: Arc<dyn Repo>, bus: Arc<dyn Bus>, config: Arc<Config>, keys: TokenKeys, metrics: Arc<Metrics>) -> Self {
-        let ids = Arc::new(Snowflake::new(config.node_id));
+    pub fn new(repo: Arc<dyn Repo>, bus: Arc<dyn Bus>, config: LiveConfig, keys: TokenKeys, metrics: Arc<Metrics>) -> Self {
+        let ids = Arc::new(Snowflake::new(config.get().node_id));
         Self { repo, bus, config, keys, ids, metrics }
     }
 

@@ -19,7 +19,7 @@ use crate::Logic;
 
 impl Logic {
     fn presence_ttl(&self) -> Duration {
-        self.config.heartbeat() * 3 + Duration::from_secs(5)
+        self.config.get().heartbeat() * 3 + Duration::from_secs(5)
     }
 
     /// Live connections of these users.

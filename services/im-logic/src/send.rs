@@ -154,10 +154,10 @@ impl Logic {
         if r.content.trim().is_empty() {
             return Err(AppError::validation("content must not be empty"));
         }
-        if r.content.len() > self.config.chat.max_content_bytes {
+        if r.content.len() > self.config.get().chat.max_content_bytes {
             return Err(AppError::new(
                 ErrorCode::MessageTooLarge,
-                format!("content is {} bytes; the limit is {}", r.content.len(), self.config.chat.max_content_bytes),
+                format!("content is {} bytes; the limit is {}", r.content.len(), self.config.get().chat.max_content_bytes),
             ));
         }
         let client_msg_id = r.client_msg_id.filter(|s| !s.is_empty());
@@ -309,7 +309,7 @@ impl Logic {
         }
         self.metrics.messages_sent.with_label_values(&[path]).inc();
         let payload = Payload::Message(message.clone());
-        let large = conv.r#type == WORLD || conv.member_count as u64 > self.config.chat.large_group_threshold;
+        let large = conv.r#type == WORLD || conv.member_count as u64 > self.config.get().chat.large_group_threshold;
         let pushed: AppResult<()> = async {
             if large {
                 let task = FanoutTask { message: Some(message.clone()), exclude_user_ids: vec![], exclude_conn_id: exclude_conn.clone() };
@@ -340,7 +340,7 @@ impl Logic {
     }
 
     fn idempotency_ttl_ms(&self) -> i64 {
-        (self.config.chat.idempotency_ttl_secs * 1000) as i64
+        (self.config.get().chat.idempotency_ttl_secs * 1000) as i64
     }
 
     async fn release(&self, user_id: i64, client_msg_id: Option<&str>) {

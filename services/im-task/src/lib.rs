@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gochat_infra::bus::{Bus, Consumer, Record, groups, topics};
-use gochat_infra::config::Config;
+use gochat_infra::config::LiveConfig;
 use gochat_infra::error::{AppError, AppResult};
 use gochat_infra::shutdown::Shutdown;
 use gochat_infra::telemetry::Metrics;
@@ -34,12 +34,12 @@ use tonic::Request;
 pub struct Task {
     repo: Arc<dyn Repo>,
     bus: Arc<dyn Bus>,
-    config: Arc<Config>,
+    config: LiveConfig,
     metrics: Arc<Metrics>,
 }
 
 impl Task {
-    pub fn new(repo: Arc<dyn Repo>, bus: Arc<dyn Bus>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(repo: Arc<dyn Repo>, bus: Arc<dyn Bus>, config: LiveConfig, metrics: Arc<Metrics>) -> Self {
         Self { repo, bus, config, metrics }
     }
 
@@ -108,7 +108,7 @@ where
 
 /// The persist consumer: batches of messages into the store.
 pub async fn run_persist(task: Task, shutdown: Shutdown) -> AppResult<()> {
-    let batch = task.config.task.persist_batch;
+    let batch = task.config.get().task.persist_batch;
     let t = task.clone();
     consume(&task, groups::TASK_PERSIST, topics::PERSIST, batch, &shutdown, |records| {
         let task = t.clone();
@@ -213,7 +213,7 @@ async fn fan_out(
         let req = ListMemberIdsRequest {
             conversation_id: message.conversation_id.clone(),
             after_user_id: after,
-            limit: task.config.task.fanout_page as i32,
+            limit: task.config.get().task.fanout_page as i32,
         };
         let page = rpc(task.repo.list_member_ids(Request::new(req))).await?;
         if let Some(last) = page.user_ids.last() {

@@ -7,6 +7,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -27,6 +30,14 @@ pub struct Config {
     pub bus: BusConfig,
     pub task: TaskConfig,
     pub log: LogConfig,
+    /// Distributed mode: the relational store (MySQL).
+    pub store: StoreConfig,
+    /// Distributed mode: presence, sequences, idempotency, caches, rate limits.
+    pub redis: RedisConfig,
+    /// Distributed mode: the message bus.
+    pub kafka: KafkaConfig,
+    /// Distributed mode: calls between services, and where they listen.
+    pub grpc: GrpcConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +126,62 @@ pub struct TaskConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `mysql://user:password@host:port/database`.
+    pub mysql_url: String,
+    /// Connections in each repo instance's pool.
+    pub max_connections: u32,
+    /// Apply pending migrations when repo starts (otherwise run `gochat migrate`).
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prepended to every key, so deployments can share one server.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Prepended to every topic and consumer-group name (empty: the names of DATA.md).
+    pub namespace: String,
+    pub replication_factor: i16,
+    /// A consumer silent this long leaves its group; its partitions move to the others.
+    pub session_timeout_ms: u32,
+    /// How long a produce may wait for the broker before it fails.
+    pub message_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// This instance's gRPC address (logic, repo); unset = the service's default port.
+    pub addr: Option<SocketAddr>,
+    /// `host:port` registered in etcd for others to call; unset = the bound address.
+    pub advertise_addr: Option<String>,
+    /// `/healthz` and `/metrics` of logic, repo and task; unset = the service's default port.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Deadline of every call to another service.
+    pub deadline_ms: u64,
+    /// Retries of an idempotent call that failed with `UNAVAILABLE` (with exponential backoff).
+    pub retries: u32,
+    /// The circuit to a service opens when this share of recent calls failed...
+    pub breaker_failure_rate: f64,
+    /// ...out of at least this many calls in the window...
+    pub breaker_min_calls: u32,
+    /// ...and stays open (calls fail at once) this long before probing again.
+    pub breaker_open_ms: u64,
+    /// An instance's etcd registration lapses this long after it stops renewing it.
+    pub lease_ttl_secs: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `tracing` filter, e.g. `info` or `info,im_logic=debug`.
     pub level: String,
@@ -135,6 +202,50 @@ impl Default for Config {
             bus: BusConfig::default(),
             task: TaskConfig::default(),
             log: LogConfig::default(),
+            store: StoreConfig::default(),
+            redis: RedisConfig::default(),
+            kafka: KafkaConfig::default(),
+            grpc: GrpcConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { mysql_url: "mysql://gochat:gochat@127.0.0.1:3306/gochat".into(), max_connections: 20, migrate_on_start: false }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { url: "redis://127.0.0.1:6379".into(), key_prefix: String::new() }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            namespace: String::new(),
+            replication_factor: 1,
+            session_timeout_ms: 10_000,
+            message_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            advertise_addr: None,
+            metrics_addr: None,
+            deadline_ms: 3_000,
+            retries: 2,
+            breaker_failure_rate: 0.5,
+            breaker_min_calls: 20,
+            breaker_open_ms: 5_000,
+            lease_ttl_secs: 10,
         }
     }
 }
@@ -224,6 +335,19 @@ pub struct FlagOverrides {
     pub ws: Option<WsOverride>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<DataOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcOverride>,
+    /// Set by the process itself (distributed mode: claimed in etcd), never by users.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GrpcOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -248,7 +372,17 @@ impl FlagOverrides {
             http: http_addr.map(|addr| HttpOverride { addr }),
             ws: (ws_addr.is_some() || shards.is_some()).then_some(WsOverride { addr: ws_addr, shards }),
             data: data_dir.map(|dir| DataOverride { dir }),
+            grpc: None,
+            node_id: None,
         }
+    }
+
+    /// Adds the distributed services' listen addresses.
+    pub fn with_grpc(mut self, addr: Option<SocketAddr>, metrics_addr: Option<SocketAddr>) -> Self {
+        if addr.is_some() || metrics_addr.is_some() {
+            self.grpc = Some(GrpcOverride { addr, metrics_addr });
+        }
+        self
     }
 }
 
@@ -262,6 +396,21 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
+        Self::finish(fig, flags)
+    }
+
+    /// Like [`Config::load`], with JSON documents (from etcd) in place of
+    /// the file, applied in order.
+    pub fn from_documents(docs: &[&serde_json::Value], flags: &FlagOverrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        for doc in docs {
+            fig = fig.merge(Serialized::defaults(*doc));
+        }
+        Self::finish(fig, flags)
+    }
+
+    /// Environment variables and flags over `fig`, then validation.
+    fn finish(fig: Figment, flags: &FlagOverrides) -> Result<Config, ConfigError> {
         // Flag-style variables (GOCHAT_HTTP_ADDR, ...) are handled by the CLI.
         let env = Env::prefixed("GOCHAT_").split("__").ignore(&[
             "CONFIG",
@@ -271,9 +420,11 @@ impl Config {
             "SHARDS",
             "ETCD",
             "GRPC_ADDR",
+            "METRICS_ADDR",
+            "INSTANCE_ID",
             "LOG",
         ]);
-        fig = fig.merge(env).merge(Serialized::defaults(flags));
+        let fig = fig.merge(env).merge(Serialized::defaults(flags));
         let config: Config = fig.extract().map_err(|e| ConfigError(one_line(&e)))?;
         config.validate()?;
         Ok(config)
@@ -322,6 +473,23 @@ impl Config {
         if self.task.persist_batch == 0 || self.task.fanout_page == 0 {
             return bad("task.persist_batch and task.fanout_page must be > 0".into());
         }
+        if self.store.max_connections == 0 {
+            return bad("store.max_connections must be > 0".into());
+        }
+        if self.kafka.replication_factor < 1 || self.kafka.session_timeout_ms < 1000 || self.kafka.message_timeout_ms < 1000 {
+            return bad("kafka.replication_factor must be >= 1, kafka.session_timeout_ms and kafka.message_timeout_ms >= 1000".into());
+        }
+        if self.grpc.deadline_ms == 0 || self.grpc.breaker_open_ms == 0 || self.grpc.lease_ttl_secs < 2 {
+            return bad("grpc.deadline_ms and grpc.breaker_open_ms must be > 0, grpc.lease_ttl_secs >= 2".into());
+        }
+        if let Some(a) = &self.grpc.advertise_addr
+            && a.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return bad(format!("grpc.advertise_addr must be host:port, got {a:?}"));
+        }
+        if !(self.grpc.breaker_failure_rate > 0.0 && self.grpc.breaker_failure_rate <= 1.0) {
+            return bad(format!("grpc.breaker_failure_rate must be in (0, 1], got {}", self.grpc.breaker_failure_rate));
+        }
         if !matches!(self.log.format.as_str(), "auto" | "pretty" | "json") {
             return bad(format!("log.format must be auto, pretty or json, got {:?}", self.log.format));
         }
@@ -331,6 +499,84 @@ impl Config {
     /// Heartbeat interval.
     pub fn heartbeat(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.ws.heartbeat_secs)
+    }
+}
+
+/// The configuration of a running process. Reads are lock-free; in the
+/// distributed mode the etcd watcher replaces the whole value when the
+/// configuration changes, and the values documented as live take effect at
+/// their next use (the others need a restart; the watcher says which).
+#[derive(Clone)]
+pub struct LiveConfig {
+    current: Arc<ArcSwap<Config>>,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for LiveConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LiveConfig").field(&self.current.load()).finish()
+    }
+}
+
+impl LiveConfig {
+    pub fn new(config: Config) -> Self {
+        Self { current: Arc::new(ArcSwap::from_pointee(config)), changes: tokio::sync::watch::Sender::new(0) }
+    }
+
+    /// The configuration now.
+    pub fn get(&self) -> Arc<Config> {
+        self.current.load_full()
+    }
+
+    /// Replaces the configuration and wakes every [`LiveConfig::subscribe`]r.
+    pub fn replace(&self, config: Config) {
+        self.current.store(Arc::new(config));
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that is marked changed at every [`LiveConfig::replace`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+impl Config {
+    /// The keys whose new value only takes effect after a restart, among
+    /// those that differ between `self` and `new` (the live ones are log
+    /// level, HTTP rate limits, the per-connection WebSocket rate limit for
+    /// new connections, the large-group threshold, group size, idempotency
+    /// TTL, token lifetimes and the fan-out page).
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |changed: bool, key: &'static str| {
+            if changed {
+                keys.push(key);
+            }
+        };
+        check(self.node_id != new.node_id, "node_id");
+        check(self.http.addr != new.http.addr, "http.addr");
+        check(self.http.max_body_bytes != new.http.max_body_bytes, "http.max_body_bytes");
+        check(self.http.cors_origins != new.http.cors_origins, "http.cors_origins");
+        check(self.http.admin_token != new.http.admin_token, "http.admin_token");
+        check(self.ws.addr != new.ws.addr, "ws.addr");
+        check(self.ws.shards != new.ws.shards, "ws.shards");
+        check(self.ws.cpu_set != new.ws.cpu_set, "ws.cpu_set");
+        check(self.ws.max_frame_bytes != new.ws.max_frame_bytes, "ws.max_frame_bytes");
+        check(self.ws.heartbeat_secs != new.ws.heartbeat_secs, "ws.heartbeat_secs");
+        check(self.ws.handshake_timeout_secs != new.ws.handshake_timeout_secs, "ws.handshake_timeout_secs");
+        check(self.ws.max_outbound_bytes != new.ws.max_outbound_bytes, "ws.max_outbound_bytes");
+        check(self.ws.max_connections_per_user != new.ws.max_connections_per_user, "ws.max_connections_per_user");
+        check(self.chat.max_content_bytes != new.chat.max_content_bytes, "chat.max_content_bytes");
+        check(self.task.persist_batch != new.task.persist_batch, "task.persist_batch");
+        check(self.auth.jwt_secret != new.auth.jwt_secret, "auth.jwt_secret");
+        check(self.data != new.data, "data.dir");
+        check(self.bus != new.bus, "bus.partitions");
+        check(self.log.format != new.log.format, "log.format");
+        check(self.store != new.store, "store.*");
+        check(self.redis != new.redis, "redis.*");
+        check(self.kafka != new.kafka, "kafka.*");
+        check(self.grpc != new.grpc, "grpc.*");
+        keys
     }
 }
 
@@ -387,6 +633,39 @@ mod tests {
 
             jail.set_env("GOCHAT_BUS__PARTITIONS", "zero");
             assert!(Config::load(None, &none).is_err(), "bad env value");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn live_config_replaces_and_notifies_and_names_restart_keys() {
+        let live = LiveConfig::new(Config::default());
+        let rx = live.subscribe();
+        let mut next = Config::default();
+        next.chat.large_group_threshold = 7;
+        next.http.rate_per_ip = 1;
+        assert!(Config::default().restart_needed(&next).is_empty(), "both are live");
+        next.ws.shards = 3;
+        assert_eq!(Config::default().restart_needed(&next), ["ws.shards"]);
+        live.replace(next);
+        assert!(rx.has_changed().expect("sender alive"));
+        assert_eq!(live.get().chat.large_group_threshold, 7);
+    }
+
+    #[test]
+    fn documents_layer_in_order_under_env_and_flags() {
+        Jail::expect_with(|jail| {
+            let common = serde_json::json!({"chat": {"large_group_threshold": 3}, "http": {"rate_per_ip": 9}});
+            let service = serde_json::json!({"chat": {"large_group_threshold": 4}});
+            jail.set_env("GOCHAT_HTTP__RATE_PER_IP", "11");
+            let cfg = Config::from_documents(&[&common, &service], &FlagOverrides::default()).expect("loads");
+            assert_eq!(cfg.chat.large_group_threshold, 4, "service beats common");
+            assert_eq!(cfg.http.rate_per_ip, 11, "env beats documents");
+            let bad = serde_json::json!({"grpc": {"advertise_addr": "no-port"}});
+            let err = Config::from_documents(&[&bad], &FlagOverrides::default()).expect_err("refused").to_string();
+            assert!(err.contains("advertise_addr"), "{err}");
+            let unknown = serde_json::json!({"nonsense": 1});
+            assert!(Config::from_documents(&[&unknown], &FlagOverrides::default()).is_err());
             Ok(())
         });
     }

@@ -14,14 +14,34 @@ use crate::config::LogConfig;
 /// Installs the global subscriber. Safe to call more than once (later calls
 /// are ignored), so tests and binaries can both call it.
 pub fn init_tracing(cfg: &LogConfig) {
+    let _ = init_tracing_reloadable(cfg);
+}
+
+/// Changes the log filter of a running process (`log.level` is live).
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// [`init_tracing`], returning a setter for the filter; `None` when a
+/// subscriber was already installed or `GOCHAT_LOG` pins the filter.
+pub fn init_tracing_reloadable(cfg: &LogConfig) -> Option<LogLevelSetter> {
+    let pinned = std::env::var_os("GOCHAT_LOG").is_some();
     let filter = EnvFilter::try_from_env("GOCHAT_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let json = match cfg.format.as_str() {
         "json" => true,
         "pretty" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let setter: LogLevelSetter = if json {
+        let builder = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.try_init().ok()?;
+        Box::new(move |level| handle.reload(EnvFilter::try_new(level).map_err(|e| e.to_string())?).map_err(|e| e.to_string()))
+    } else {
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.try_init().ok()?;
+        Box::new(move |level| handle.reload(EnvFilter::try_new(level).map_err(|e| e.to_string())?).map_err(|e| e.to_string()))
+    };
+    (!pinned).then_some(setter)
 }
 
 /// All metrics of one process.

@@ -151,6 +151,6 @@ struct ExternalApp {
 
 impl ExternalApp {
     fn new(server: &Server) -> Self {
-        Self { inner: TestApp::external(&server.http, server.ws.parse().expect("ws addr")) }
+        Self { inner: TestApp::external(&server.http, &[server.ws.parse().expect("ws addr")]) }
     }
 }

@@ -1,5 +1,12 @@
-//! Test harness: the real embedded app on 127.0.0.1:0 with a fresh data
-//! directory per test, an HTTP client, and a WebSocket client.
+//! Test harness: the real app on ephemeral ports, an HTTP client, and a
+//! WebSocket client.
+//!
+//! The behaviour modules call [`spawn_app`] / [`spawn_app_with`], which
+//! start whatever `crate::backend` starts: the embedded app in process
+//! (this binary), or a distributed deployment of separate processes (the
+//! `distributed` test binary includes these same modules). WebSocket
+//! connections go to the app's gateways in turn, so against a deployment
+//! with two gateways every test also crosses gateways.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +28,13 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct TestApp {
     pub base: String,
     pub ws: SocketAddr,
+    /// Every gateway's WebSocket address; [`TestApp::ws`] connections take them in turn.
+    pub ws_all: Vec<SocketAddr>,
+    next_ws: std::sync::atomic::AtomicUsize,
+    /// Base URLs of other processes whose `/metrics` [`TestApp::metrics`] includes.
+    pub more_metrics: Vec<String>,
+    /// Keeps an out-of-process deployment alive as long as the app.
+    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
     pub client: reqwest::Client,
     /// The gateway's id and push service (in-process apps only).
     pub push: Option<(String, im_gateway::bridge::PushService)>,
@@ -63,8 +77,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
-    spawn_app_in(dir, tweak).await
+    crate::backend::spawn(tweak).await
 }
 
 /// Starts the app on an existing data directory (for restart tests).
@@ -78,13 +91,15 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config
     let ws = app.ws_addr();
     let push = Some(app.gateway_push());
     let handle = tokio::spawn(app.run_until_stopped());
-    let t = TestApp { base, ws, client: reqwest::Client::new(), push, running: Some(Running { shutdown, handle, dir }) };
+    let mut t = TestApp::external(&base, &[ws]);
+    t.push = push;
+    t.running = Some(Running { shutdown, handle, dir });
     t.wait_ready().await;
     t
 }
 
 impl TestApp {
-    async fn wait_ready(&self) {
+    pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Ok(r) = self.client.get(format!("{}/healthz", self.base)).send().await
@@ -98,8 +113,25 @@ impl TestApp {
     }
 
     /// Helpers for an app running in another process.
-    pub fn external(base: &str, ws: SocketAddr) -> TestApp {
-        TestApp { base: base.to_string(), ws, client: reqwest::Client::new(), push: None, running: None }
+    pub fn external(base: &str, ws: &[SocketAddr]) -> TestApp {
+        TestApp {
+            base: base.to_string(),
+            ws: ws[0],
+            ws_all: ws.to_vec(),
+            next_ws: Default::default(),
+            _guard: None,
+            more_metrics: Vec::new(),
+            client: reqwest::Client::new(),
+            push: None,
+            running: None,
+        }
+    }
+
+    /// Ties an out-of-process deployment's lifetime to the app's.
+    #[allow(dead_code, reason = "used by the distributed test binary")]
+    pub fn with_guard(mut self, guard: impl std::any::Any + Send + Sync) -> TestApp {
+        self._guard = Some(Box::new(guard));
+        self
     }
 
     /// Graceful stop; returns the data directory for a restart.
@@ -205,7 +237,13 @@ impl TestApp {
     }
 
     pub async fn ws_token(&self, token: &str) -> Ws {
-        let url = format!("ws://{}/ws?token={}", self.ws, token);
+        let i = self.next_ws.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ws_at(i, token).await
+    }
+
+    /// A connection to gateway `i` (modulo the number of gateways).
+    pub async fn ws_at(&self, i: usize, token: &str) -> Ws {
+        let url = format!("ws://{}/ws?token={}", self.ws_all[i % self.ws_all.len()], token);
         let (stream, _) = connect_async(url).await.expect("websocket connects");
         let mut ws = Ws { stream };
         let hello = ws.next_of("connected").await;
@@ -213,8 +251,14 @@ impl TestApp {
         ws
     }
 
+    /// The gateway's metrics, followed by those of [`TestApp::more_metrics`]
+    /// (the other processes of a distributed deployment).
     pub async fn metrics(&self) -> String {
-        self.client.get(format!("{}/metrics", self.base)).send().await.expect("metrics").text().await.expect("text")
+        let mut out = String::new();
+        for base in std::iter::once(&self.base).chain(&self.more_metrics) {
+            out.push_str(&self.client.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text"));
+        }
+        out
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real app over real HTTP and WebSocket.
 
 mod auth;
+mod backend;
 mod cli;
 mod conversations;
 mod durability;

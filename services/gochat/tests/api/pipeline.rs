@@ -28,7 +28,7 @@ async fn task_stores_good_records_and_dead_letters_bad_ones() {
     store.create_conversation(&conv, &[member]).await.expect("conversation");
     let repo = Arc::new(im_repo::RepoService::new(store.clone(), Arc::new(MemoryKv::new())));
     let bus = MemoryBus::open(MemoryBusConfig::default()).await.expect("bus");
-    let config = Arc::new(Config::default());
+    let config = gochat_infra::config::LiveConfig::new(Config::default());
     let task = im_task::Task::new(repo, bus.clone(), config, Arc::new(Metrics::new()));
     let mut dlq = bus.subscribe("test.dlq", &[topics::DLQ]).await.expect("dlq consumer");
 

@@ -127,9 +127,10 @@ async fn over_the_rate_limit_gets_rate_limited_and_stays_open() {
 async fn too_many_connections_close_the_oldest_with_4001() {
     let app = spawn_app_with(|c| c.ws.max_connections_per_user = 2).await;
     let a = app.user("alice").await;
-    let mut first = app.ws(&a).await;
-    let mut second = app.ws(&a).await;
-    let mut third = app.ws(&a).await;
+    // The limit is per gateway: all three on the first one.
+    let mut first = app.ws_at(0, &a.token).await;
+    let mut second = app.ws_at(0, &a.token).await;
+    let mut third = app.ws_at(0, &a.token).await;
     assert_eq!(first.closed_code().await, Some(4001));
     second.assert_alive().await;
     third.assert_alive().await;

@@ -20,7 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use gochat_infra::auth::{Claims, RevokedSet, TokenKeys, verify_access};
-use gochat_infra::config::Config;
+use gochat_infra::config::{Config, LiveConfig};
 use gochat_infra::error::{AppError, ErrorCode};
 use gochat_infra::telemetry::Metrics;
 use gochat_proto::logic::Caller;
@@ -39,12 +39,11 @@ pub struct HttpState {
     pub logic: Arc<dyn LogicRpc>,
     pub keys: TokenKeys,
     pub revoked: RevokedSet,
-    pub config: Arc<Config>,
+    pub config: LiveConfig,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Vec<(String, HealthCheck)>>,
-    pub ip_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
-    /// Account creation (register, guest) per IP: much stricter.
-    pub signup_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Per-IP request limits (`http.rate_per_ip`, and `http.signup_rate_per_ip` for account creation).
+    pub limiter: Arc<dyn HttpRateLimiter>,
     /// Refreshes engine gauges right before `/metrics` renders.
     pub on_scrape: Arc<dyn Fn() + Send + Sync>,
     /// Current per-shard figures of the WebSocket engine (empty once stopped).
@@ -52,20 +51,80 @@ pub struct HttpState {
     pub gateway_id: String,
 }
 
-impl HttpState {
-    pub fn ip_limiter(config: &Config) -> Arc<DefaultKeyedRateLimiter<IpAddr>> {
-        keyed(config.http.rate_per_ip, config.http.burst_per_ip)
+/// Which per-IP budget a request draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// Every API request (`http.rate_per_ip` / `http.burst_per_ip`).
+    Request,
+    /// Account creation, register and guest (`http.signup_rate_per_ip` / `http.signup_burst_per_ip`).
+    Signup,
+}
+
+/// Per-client-IP rate limiting. The limits are read from the live
+/// configuration at each check, so a change applies without a restart.
+#[async_trait::async_trait]
+pub trait HttpRateLimiter: Send + Sync + 'static {
+    /// Takes one unit of `ip`'s `kind` budget; false when it is spent.
+    async fn allow(&self, ip: IpAddr, kind: LimitKind) -> bool;
+    /// Forgets idle clients (called every minute).
+    fn sweep(&self) {}
+}
+
+type Keyed = DefaultKeyedRateLimiter<IpAddr>;
+
+/// The limiter of one gateway process (governor's GCRA), used by the
+/// embedded mode and as the fallback when the shared one is unreachable.
+pub struct LocalRateLimiter {
+    config: LiveConfig,
+    /// `(rate, burst, limiter)` per kind; rebuilt when the configured pair changes.
+    request: arc_swap::ArcSwap<(u32, u32, Keyed)>,
+    signup: arc_swap::ArcSwap<(u32, u32, Keyed)>,
+}
+
+impl LocalRateLimiter {
+    pub fn new(config: LiveConfig) -> Self {
+        let c = config.get();
+        let request = keyed(c.http.rate_per_ip, c.http.burst_per_ip);
+        let signup = keyed(c.http.signup_rate_per_ip, c.http.signup_burst_per_ip);
+        Self { config, request: arc_swap::ArcSwap::from_pointee(request), signup: arc_swap::ArcSwap::from_pointee(signup) }
     }
 
-    pub fn signup_limiter(config: &Config) -> Arc<DefaultKeyedRateLimiter<IpAddr>> {
-        keyed(config.http.signup_rate_per_ip, config.http.signup_burst_per_ip)
+    /// Synchronous check (the trait's `allow` is this).
+    pub fn check(&self, ip: IpAddr, kind: LimitKind) -> bool {
+        let c = self.config.get();
+        let (slot, rate, burst) = match kind {
+            LimitKind::Request => (&self.request, c.http.rate_per_ip, c.http.burst_per_ip),
+            LimitKind::Signup => (&self.signup, c.http.signup_rate_per_ip, c.http.signup_burst_per_ip),
+        };
+        let mut current = slot.load();
+        if current.0 != rate || current.1 != burst {
+            slot.store(Arc::new(keyed(rate, burst)));
+            current = slot.load();
+        }
+        current.2.check_key(&ip).is_ok()
     }
 }
 
-fn keyed(rate: u32, burst: u32) -> Arc<DefaultKeyedRateLimiter<IpAddr>> {
+#[async_trait::async_trait]
+impl HttpRateLimiter for LocalRateLimiter {
+    async fn allow(&self, ip: IpAddr, kind: LimitKind) -> bool {
+        self.check(ip, kind)
+    }
+
+    fn sweep(&self) {
+        // Keyed limiters keep one entry per client IP ever seen: forget idle ones.
+        for slot in [&self.request, &self.signup] {
+            let l = slot.load();
+            l.2.retain_recent();
+            l.2.shrink_to_fit();
+        }
+    }
+}
+
+fn keyed(rate: u32, burst: u32) -> (u32, u32, Keyed) {
     let per_sec = std::num::NonZeroU32::new(rate).unwrap_or(std::num::NonZeroU32::MIN);
-    let burst = std::num::NonZeroU32::new(burst).unwrap_or(per_sec);
-    Arc::new(RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)))
+    let b = std::num::NonZeroU32::new(burst).unwrap_or(per_sec);
+    (rate, burst, RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(b)))
 }
 
 /// The OpenAPI document served at `/api/openapi.json` (checked against the
@@ -74,8 +133,9 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 /// Builds the router.
 pub fn router(state: HttpState) -> Router {
-    let cors = cors(&state.config);
-    let limit = state.config.http.max_body_bytes;
+    let config = state.config.get();
+    let cors = cors(&config);
+    let limit = config.http.max_body_bytes;
     routes::api()
         .fallback(|| async { ApiError(AppError::not_found("no such endpoint")) })
         .method_not_allowed_fallback(|| async {
@@ -120,7 +180,7 @@ async fn rate_limit(State(state): State<HttpState>, req: Request, next: Next) ->
     let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     if let Some(ip) = ip {
         let signup = matches!(req.uri().path(), "/api/auth/register" | "/api/auth/guest");
-        if state.ip_limiter.check_key(&ip).is_err() || (signup && state.signup_limiter.check_key(&ip).is_err()) {
+        if !state.limiter.allow(ip, LimitKind::Request).await || (signup && !state.limiter.allow(ip, LimitKind::Signup).await) {
             return ApiError(AppError::new(ErrorCode::RateLimited, "too many requests; slow down")).into_response();
         }
     }
@@ -203,7 +263,8 @@ pub struct Admin;
 impl FromRequestParts<HttpState> for Admin {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Self::Rejection> {
-        let expected = &state.config.http.admin_token;
+        let config = state.config.get();
+        let expected = &config.http.admin_token;
         if expected.is_empty() {
             let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
             return match peer {

@@ -181,7 +181,7 @@ async fn logout(State(s): State<HttpState>, auth: Auth) -> ApiResult<Ok<serde_js
     let c = &auth.claims;
     // Refuse this token here at once; other gateways learn it from the event.
     s.revoked.insert(&c.jti, c.exp * 1000);
-    let refresh_exp = gochat_infra::now_ms() / 1000 + s.config.auth.refresh_ttl_secs as i64;
+    let refresh_exp = gochat_infra::now_ms() / 1000 + s.config.get().auth.refresh_ttl_secs as i64;
     let req = pb::LogoutRequest {
         caller: Some(auth.caller),
         jti: c.jti.clone(),
