@@ -14,10 +14,11 @@
 #   GOCHAT_DEV_MYSQL_PORT / _REDIS_PORT / _ETCD_PORT / _KAFKA_PORT
 #
 # Debian packages are installed with apt-get when a binary is missing
-# (mariadb-server, redis-server, etcd-server, protobuf-compiler: etcd-client's
-# build needs protoc). tansu comes from crates.io: `cargo install tansu
-# --locked --features dynostore,libsql` takes 10-15 minutes on two cores, so
-# the binary is cached and reused. Its sqlite storage engine is used; the
+# (mariadb-server, redis-server, etcd-server, protobuf-compiler and
+# libprotobuf-dev: etcd-client's build needs protoc and the well-known
+# types). tansu comes from crates.io: `cargo install tansu --locked
+# --features dynostore,libsql` takes 10-15 minutes on two cores, so the
+# binary is cached and reused. Its sqlite storage engine is used; the
 # memory:// engine in 0.6.0 loses records when a consumer resumes from a
 # committed offset in the middle of a batch.
 set -euo pipefail
@@ -55,6 +56,7 @@ install_packages() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v etcd >/dev/null || missing+=(etcd-server)
     command -v protoc >/dev/null || missing+=(protobuf-compiler)
+    [[ -f /usr/include/google/protobuf/descriptor.proto ]] || missing+=(libprotobuf-dev)
     ((${#missing[@]} == 0)) && return 0
     log "installing ${missing[*]}"
     local sudo=()
@@ -102,7 +104,7 @@ start_redis() {
     port_open "$REDIS_PORT" && die "port $REDIS_PORT is taken by something else (another Redis?)"
     mkdir -p "$DIR/redis"
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$DIR/redis" --daemonize yes \
-        --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log" --save "" --appendonly no >/dev/null
+        --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log" --save "" --appendonly yes --appendfsync everysec >/dev/null
     wait_port redis "$REDIS_PORT" 20
 }
 
@@ -122,7 +124,7 @@ start_tansu() {
     running tansu && return 0
     port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by something else (another broker?)"
     mkdir -p "$DIR/tansu"
-    nohup "$TANSU" broker --storage-engine "sqlite://$DIR/tansu/tansu.db" \
+    nohup "$TANSU" broker --storage-engine "sqlite:///$DIR/tansu/tansu.db" \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
         >"$DIR/tansu.log" 2>&1 &
     echo $! >"$DIR/tansu.pid"
@@ -143,10 +145,10 @@ stop() { # name
 
 print_env() {
     cat <<EOF
-export GOCHAT_TEST_MYSQL_URL=mysql://gochat:gochat@127.0.0.1:$MYSQL_PORT
-export GOCHAT_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
-export GOCHAT_TEST_ETCD=127.0.0.1:$ETCD_PORT
-export GOCHAT_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
+export GOCHATTEST_MYSQL_URL=mysql://gochat:gochat@127.0.0.1:$MYSQL_PORT
+export GOCHATTEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export GOCHATTEST_ETCD=127.0.0.1:$ETCD_PORT
+export GOCHATTEST_KAFKA=127.0.0.1:$KAFKA_PORT
 EOF
 }
 

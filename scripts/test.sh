@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
 # The one test command (README "Test"; .ci/run calls exactly this).
-# Needs only the Rust toolchain and a C compiler: the embedded mode has no
-# external services, and protobuf code is generated without a system protoc.
+#
+# 1. Brings up the distributed mode's backends natively (deploy/dev-services.sh:
+#    installs MariaDB, Redis, etcd, protoc with apt-get if missing, builds the
+#    tansu broker once and caches it) unless they already run; stops them
+#    again at the end if it started them.
+# 2. fmt, clippy (every feature, and the embedded-only build), then every
+#    test of the workspace with every feature: the embedded suite, the store,
+#    KV and bus behaviour suites against SQLite/memory and MySQL/Redis/Kafka,
+#    and the distributed suite (real processes on those backends).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== backends"
+if deploy/dev-services.sh status | grep -q stopped; then
+    trap 'echo "== stopping backends"; deploy/dev-services.sh down' EXIT
+    deploy/dev-services.sh up
+fi
+eval "$(deploy/dev-services.sh env)"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo clippy (all features)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+echo "== cargo clippy (embedded build: what 'gochat up' compiles)"
+cargo clippy -p gochat --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked
+cargo test --workspace --all-features --locked

@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "distributed")]
+pub mod distributed;
 pub mod embedded;
 pub mod secret;
 pub mod seed;

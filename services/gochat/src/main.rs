@@ -24,6 +24,80 @@ enum Command {
     Seed(SeedArgs),
     /// Live per-shard table of a running gateway (from its /admin/shards endpoint).
     Shards(ShardsArgs),
+    /// Distributed mode: run a gateway (HTTP API + WebSocket shards).
+    Gateway(NodeCli),
+    /// Distributed mode: run a logic instance (business rules, upstream consumer).
+    Logic(NodeCli),
+    /// Distributed mode: run a repo instance (MySQL and Redis access).
+    Repo(NodeCli),
+    /// Distributed mode: run a task instance (persistence and fan-out consumers).
+    Task(NodeCli),
+    /// Distributed mode: create the database, apply migrations, create the Kafka topics.
+    Migrate(EtcdArgs),
+    /// Distributed mode: the configuration in etcd.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "GOCHAT_ETCD", default_value = "127.0.0.1:2379", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Environment name: the configuration lives under /gochat/config/<env>/.
+    #[arg(long = "env", env = "GOCHAT_ENV", default_value = "dev")]
+    environment: String,
+}
+
+#[derive(clap::Args, Clone)]
+struct NodeCli {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// Unique instance id (names a gateway's downstream topic; keep it stable across restarts). Default: random.
+    #[arg(long, env = "GOCHAT_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Gateway HTTP API address.
+    #[arg(long, env = "GOCHAT_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Gateway WebSocket address.
+    #[arg(long, env = "GOCHAT_WS_ADDR")]
+    ws_addr: Option<SocketAddr>,
+    /// Gateway WebSocket shards; 0 = one per core.
+    #[arg(long, env = "GOCHAT_SHARDS")]
+    shards: Option<usize>,
+    /// gRPC address of logic (default 127.0.0.1:9000) or repo (127.0.0.1:9001).
+    #[arg(long, env = "GOCHAT_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// /healthz and /metrics of logic (9093), repo (9091), task (9094).
+    #[arg(long, env = "GOCHAT_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Push a configuration directory (e.g. deploy/config/dev) into etcd.
+    Sync {
+        dir: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Show what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the documents in etcd, or one service's resulting configuration.
+    Get {
+        /// gateway, logic, repo or task.
+        service: Option<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Print the documents now and after every change.
+    Watch {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -110,6 +184,97 @@ fn main() -> ExitCode {
         Command::Up(args) => up(args),
         Command::Seed(args) => seed(args),
         Command::Shards(args) => shards(args),
+        #[cfg(feature = "distributed")]
+        other => distributed_main(other),
+        #[cfg(not(feature = "distributed"))]
+        _ => {
+            eprintln!(
+                "gochat: this build has no distributed mode; build it with `cargo build --release -p gochat --features distributed` (needs protoc)"
+            );
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+#[cfg(feature = "distributed")]
+fn distributed_main(command: Command) -> ExitCode {
+    use gochat::distributed::{self, NodeArgs, Service};
+    use gochat_infra::coord::Coord;
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gochat: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let (service, cli) = match command {
+        Command::Gateway(c) => (Service::Gateway, c),
+        Command::Logic(c) => (Service::Logic, c),
+        Command::Repo(c) => (Service::Repo, c),
+        Command::Task(c) => (Service::Task, c),
+        Command::Migrate(e) => {
+            gochat_infra::telemetry::init_tracing(&Default::default());
+            return report(runtime.block_on(async {
+                let coord = Coord::connect(&e.etcd, &e.environment).await?;
+                distributed::ops::migrate(&coord).await
+            }));
+        }
+        Command::Config { command } => {
+            return report(runtime.block_on(async {
+                match command {
+                    ConfigCommand::Sync { dir, etcd, dry_run } => {
+                        // Refuse a bad directory before touching etcd.
+                        distributed::ops::read_dir(&dir)?;
+                        let coord = Coord::connect(&etcd.etcd, &etcd.environment).await?;
+                        distributed::ops::sync(&coord, &dir, dry_run).await
+                    }
+                    ConfigCommand::Get { service, etcd } => {
+                        let coord = Coord::connect(&etcd.etcd, &etcd.environment).await?;
+                        distributed::ops::get(&coord, service.as_deref()).await
+                    }
+                    ConfigCommand::Watch { etcd } => {
+                        let coord = Coord::connect(&etcd.etcd, &etcd.environment).await?;
+                        distributed::ops::watch(&coord).await
+                    }
+                }
+            }));
+        }
+        Command::Up(_) | Command::Seed(_) | Command::Shards(_) => return ExitCode::from(EXIT_FAILED),
+    };
+    let flags = FlagOverrides::new(cli.http_addr, cli.ws_addr, cli.shards, None).with_grpc(cli.grpc_addr, cli.metrics_addr);
+    let args = NodeArgs { etcd: cli.etcd.etcd, env: cli.etcd.environment, instance_id: cli.instance_id, flags };
+    let code = runtime.block_on(async move {
+        let shutdown = Shutdown::new();
+        let node = match distributed::start(service, args, shutdown.clone()).await {
+            Ok(n) => n,
+            Err(e) => {
+                shutdown.trigger();
+                eprintln!("gochat {}: {e}", service.name());
+                return ExitCode::from(if e.is_config() { EXIT_CONFIG as u8 } else { EXIT_UNAVAILABLE });
+            }
+        };
+        // One line per address, parsed by scripts and tests.
+        for (what, addr) in &node.addrs {
+            println!("{} {} {what} {addr}", service.name(), node.instance_id);
+        }
+        println!("{} {} ready", service.name(), node.instance_id);
+        node.run().await;
+        ExitCode::SUCCESS
+    });
+    // Do not wait forever for blocking work (a Kafka client leaving its group)
+    // once the services have stopped or failed to start.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    code
+}
+
+#[cfg(feature = "distributed")]
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gochat: {e:#}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
     }
 }
 

@@ -7,16 +7,21 @@
 //! - [`config`]: layered configuration (defaults → file → `GOCHAT_*` env → flags).
 //! - [`error`]: the client-facing error codes and their one mapping to and
 //!   from gRPC statuses.
-//! - [`bus`]: the message bus (Kafka model); [`bus::memory`] is the embedded one.
-//! - [`store`]: the relational store; [`store::sqlite`] is the embedded one.
+//! - [`bus`]: the message bus (Kafka model); [`bus::memory`] is the embedded
+//!   one, `bus::kafka` (feature `kafka`) the distributed one.
+//! - [`store`]: the relational store; [`store::sqlite`] is the embedded one,
+//!   `store::mysql` (feature `mysql`) the distributed one.
 //! - [`kv`]: presence, sequences, idempotency keys, token revocation and
-//!   caches (Redis model); [`kv::memory`] is the embedded one.
+//!   caches (Redis model); [`kv::memory`] is the embedded one, `kv::redis`
+//!   (feature `redis`) the distributed one.
 //! - [`auth`]: JWT access/refresh tokens and the revocation set.
 //! - [`push`]: presence-based routing of downstream records to gateways.
 //! - [`ids`]: snowflake ids.
 //! - [`telemetry`]: tracing setup and Prometheus metrics.
 //! - [`shutdown`]: the one shutdown signal every component listens to.
 //! - [`codec`]: protobuf records on the bus, with trace ids.
+//! - `coord` (feature `etcd`): configuration documents, registration,
+//!   discovery and node-id claims on etcd (distributed mode).
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +29,8 @@ pub mod auth;
 pub mod bus;
 pub mod codec;
 pub mod config;
+#[cfg(feature = "etcd")]
+pub mod coord;
 pub mod error;
 pub mod ids;
 pub mod kv;

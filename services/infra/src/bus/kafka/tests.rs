@@ -1,6 +1,6 @@
 //! Behaviour of the Kafka bus against a real broker.
 //!
-//! The broker is `GOCHAT_TEST_KAFKA` (default `127.0.0.1:9092`); these tests
+//! The broker is `GOCHATTEST_KAFKA` (default `127.0.0.1:9092`); these tests
 //! fail, not skip, when it is unreachable (they only compile with the
 //! `kafka` feature, which is the promise that a broker exists). Each test
 //! uses its own random namespace, so tests run in parallel on one broker.
@@ -23,7 +23,7 @@ const SESSION_MS: u32 = 6_000;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn brokers() -> String {
-    std::env::var("GOCHAT_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+    std::env::var("GOCHATTEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
 fn random_namespace() -> String {
@@ -48,7 +48,7 @@ async fn bus() -> Arc<KafkaBus> {
 
 /// Creates `topic`, failing the test with a clear line when the broker is away.
 async fn topic(bus: &KafkaBus, topic: &str, partitions: u32) {
-    bus.create_topic(topic, partitions).await.unwrap_or_else(|e| panic!("Kafka at {} (GOCHAT_TEST_KAFKA): {e}", brokers()));
+    bus.create_topic(topic, partitions).await.unwrap_or_else(|e| panic!("Kafka at {} (GOCHATTEST_KAFKA): {e}", brokers()));
 }
 
 fn rec(topic: &str, key: &str, value: String) -> OutRecord {

@@ -2,7 +2,7 @@
 //! the Redis-only checks: key names and prefixes, scripts after a flush, the
 //! rate limiter.
 //!
-//! The server is `GOCHAT_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`);
+//! The server is `GOCHATTEST_REDIS_URL` (default `redis://127.0.0.1:6379`);
 //! these tests fail, not skip, when it is unreachable (they only compile
 //! with the `redis` feature, which is the promise that a server exists).
 //! Each test works under its own random key prefix and deletes its keys at
@@ -20,7 +20,7 @@ use crate::kv::Kv;
 use crate::kv::tests as suite;
 
 fn url() -> String {
-    std::env::var("GOCHAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    std::env::var("GOCHATTEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
 fn random_prefix() -> String {
@@ -29,7 +29,7 @@ fn random_prefix() -> String {
 
 async fn kv() -> RedisKv {
     let url = url();
-    RedisKv::connect(&url, &random_prefix()).await.unwrap_or_else(|e| panic!("Redis at {url} (GOCHAT_TEST_REDIS_URL): {e}"))
+    RedisKv::connect(&url, &random_prefix()).await.unwrap_or_else(|e| panic!("Redis at {url} (GOCHATTEST_REDIS_URL): {e}"))
 }
 
 /// A plain connection, to look at what the adapter stored.

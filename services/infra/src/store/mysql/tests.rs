@@ -3,7 +3,7 @@
 //! fail: concurrent writers and repeated migrations.
 //!
 //! Every test gets its own database `gochat_t_<random>` on the server at
-//! `GOCHAT_TEST_MYSQL_URL` (default `mysql://gochat:gochat@127.0.0.1:3306`),
+//! `GOCHATTEST_MYSQL_URL` (default `mysql://gochat:gochat@127.0.0.1:3306`),
 //! dropped afterwards, also when the test fails. These tests only compile
 //! with the `mysql` feature, and an unreachable server fails them: whoever
 //! enables the feature in a test run promises a server.
@@ -24,7 +24,7 @@ use crate::store::{Conflict, HistoryDirection, Store, StoreError};
 const DEFAULT_SERVER: &str = "mysql://gochat:gochat@127.0.0.1:3306";
 
 fn server_url() -> String {
-    std::env::var("GOCHAT_TEST_MYSQL_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
+    std::env::var("GOCHATTEST_MYSQL_URL").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
 }
 
 /// `server` (a URL with or without a database and query string) pointing at database `db`.
@@ -52,7 +52,7 @@ where
     let url = with_database(&server_url(), &format!("gochat_t_{:016x}", rand::random::<u64>()));
     MySqlStore::create_database_if_missing(&url)
         .await
-        .unwrap_or_else(|e| panic!("MariaDB for the store tests (GOCHAT_TEST_MYSQL_URL, default {DEFAULT_SERVER}): {e}"));
+        .unwrap_or_else(|e| panic!("MariaDB for the store tests (GOCHATTEST_MYSQL_URL, default {DEFAULT_SERVER}): {e}"));
     let outcome = AssertUnwindSafe(async {
         let store = MySqlStore::connect(&url, 8).await.expect("connect");
         store.migrate().await.expect("migrate");
