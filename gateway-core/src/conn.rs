@@ -142,7 +142,7 @@ impl Conn {
     /// anything already queued goes first, a frame over the limit closes with 1013.
     pub fn push_text_now(&self, core: &Core, wire: Bytes, payload: u32) -> bool {
         let fd = self.fd.get();
-        if fd < 0 || self.is_closing() || wire.len() > core.config.max_outbound_bytes || !self.out.borrow().is_empty() {
+        if fd < 0 || self.is_closing() || wire.len() > core.max_outbound.get() || !self.out.borrow().is_empty() {
             return self.push_text(core, wire, payload);
         }
         match crate::platform::send_nonblocking(fd, &wire) {
@@ -164,7 +164,7 @@ impl Conn {
         if self.is_closing() {
             return false;
         }
-        if self.queued.get().saturating_add(wire.len()) > core.config.max_outbound_bytes {
+        if self.queued.get().saturating_add(wire.len()) > core.max_outbound.get() {
             ShardCounters::add(&core.stats.slow_closes, 1);
             tracing::debug!(conn = self.info.id, queued = self.queued.get(), "outbound queue full, closing with 1013");
             self.request_close(core, code::TRY_AGAIN_LATER, "outbound queue full", true);

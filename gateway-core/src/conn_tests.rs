@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::EngineConfig;
+use crate::shard::Command;
 
 fn setup(max_out: usize) -> (Core, Conn) {
     let config = Arc::new(EngineConfig { max_outbound_bytes: max_out, ..Default::default() });
@@ -33,6 +34,16 @@ fn queue_over_limit_closes_with_1013_and_drops_queue() {
     assert_eq!(snap.slow_closes, 1);
     assert_eq!(snap.outbound_queue_bytes, c.queued.get() as u64);
     assert!(!c.push_text(&core, text("x"), 1), "no pushes after close");
+}
+
+#[test]
+fn a_lower_outbound_limit_applies_to_the_next_push() {
+    let (core, c) = setup(1000);
+    assert!(c.push_text(&core, text("12345"), 5));
+    core.apply(Command::SetMaxOutbound(8), false);
+    assert!(!c.push_text(&core, text("12345"), 5), "7 + 7 queued bytes > 8");
+    assert!(c.is_closing());
+    assert_eq!(core.stats.snapshot(0).slow_closes, 1);
 }
 
 #[test]

@@ -209,6 +209,15 @@ impl Pusher {
         }
     }
 
+    /// Changes every shard's per-connection outbound limit (`max_outbound_bytes`)
+    /// while running; connections already over the new limit are closed (1013)
+    /// at their next push.
+    pub fn set_max_outbound_bytes(&self, bytes: usize) {
+        for s in self.shards.iter() {
+            let _ = s.unbounded_send(Command::SetMaxOutbound(bytes));
+        }
+    }
+
     /// Number of shards commands are routed to.
     pub fn shards(&self) -> usize {
         self.shards.len()

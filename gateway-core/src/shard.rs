@@ -28,10 +28,30 @@ use crate::{ConnId, EngineConfig, EngineError, Handler};
 /// Frames arrive already encoded: one `Bytes` shared by every target socket.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Deliver { users: Arc<[u64]>, exclude: Option<ConnId>, wire: Bytes, payload: u32 },
-    SendTo { conn: ConnId, wire: Bytes, payload: u32 },
-    CloseConn { conn: ConnId, code: u16, reason: String },
-    CloseUser { user_id: u64, tag: Option<u64>, code: u16, reason: String },
+    Deliver {
+        users: Arc<[u64]>,
+        exclude: Option<ConnId>,
+        wire: Bytes,
+        payload: u32,
+    },
+    SendTo {
+        conn: ConnId,
+        wire: Bytes,
+        payload: u32,
+    },
+    CloseConn {
+        conn: ConnId,
+        code: u16,
+        reason: String,
+    },
+    CloseUser {
+        user_id: u64,
+        tag: Option<u64>,
+        code: u16,
+        reason: String,
+    },
+    /// A new per-connection outbound limit (applies to the next push).
+    SetMaxOutbound(usize),
     Shutdown,
 }
 
@@ -94,6 +114,8 @@ pub(crate) struct Core {
     pub index: usize,
     pub config: Arc<EngineConfig>,
     pub stats: Arc<ShardCounters>,
+    /// `max_outbound_bytes`, changeable while running ([`Command::SetMaxOutbound`]).
+    pub max_outbound: Cell<usize>,
     /// Shared read and write scratch buffers; borrowed only inside one poll.
     pub scratch_in: RefCell<Vec<u8>>,
     pub scratch_out: RefCell<Vec<u8>>,
@@ -110,6 +132,7 @@ impl Core {
     pub(crate) fn new(index: usize, config: Arc<EngineConfig>, stats: Arc<ShardCounters>) -> Self {
         Core {
             index,
+            max_outbound: Cell::new(config.max_outbound_bytes),
             config,
             stats,
             scratch_in: RefCell::new(vec![0; SCRATCH_IN]),
@@ -196,7 +219,7 @@ impl Core {
     /// Applies one command. `direct`: nothing else is waiting in the channel,
     /// so there is nothing to coalesce with and a frame for an idle connection
     /// is written at once (see [`Conn::push_text_now`]) instead of waking its task.
-    fn apply(&self, cmd: Command, direct: bool) {
+    pub(crate) fn apply(&self, cmd: Command, direct: bool) {
         let push = |c: &Conn, wire: Bytes, payload: u32| {
             if direct { c.push_text_now(self, wire, payload) } else { c.push_text(self, wire, payload) }
         };
@@ -236,6 +259,7 @@ impl Core {
                     c.request_close(self, code, &reason, false);
                 }
             }
+            Command::SetMaxOutbound(n) => self.max_outbound.set(n.max(1)),
             Command::Shutdown => {}
         }
     }

@@ -54,7 +54,8 @@ pub struct App {
     shutdown: Shutdown,
 }
 
-fn spawn_service<F>(name: &'static str, shutdown: &Shutdown, fut: F) -> JoinHandle<()>
+/// Runs a long-lived service task (a consumer); if it fails, the process shuts down.
+pub(crate) fn spawn_service<F>(name: &'static str, shutdown: &Shutdown, fut: F) -> JoinHandle<()>
 where
     F: std::future::Future<Output = Result<(), gochat_infra::error::AppError>> + Send + 'static,
 {

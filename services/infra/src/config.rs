@@ -544,7 +544,7 @@ impl Config {
     /// The keys whose new value only takes effect after a restart, among
     /// those that differ between `self` and `new` (the live ones are log
     /// level, HTTP rate limits, the per-connection WebSocket rate limit for
-    /// new connections, the large-group threshold, group size, idempotency
+    /// new connections and outbound limit, the large-group threshold, group size, idempotency
     /// TTL, token lifetimes and the fan-out page).
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();
@@ -564,7 +564,6 @@ impl Config {
         check(self.ws.max_frame_bytes != new.ws.max_frame_bytes, "ws.max_frame_bytes");
         check(self.ws.heartbeat_secs != new.ws.heartbeat_secs, "ws.heartbeat_secs");
         check(self.ws.handshake_timeout_secs != new.ws.handshake_timeout_secs, "ws.handshake_timeout_secs");
-        check(self.ws.max_outbound_bytes != new.ws.max_outbound_bytes, "ws.max_outbound_bytes");
         check(self.ws.max_connections_per_user != new.ws.max_connections_per_user, "ws.max_connections_per_user");
         check(self.chat.max_content_bytes != new.chat.max_content_bytes, "chat.max_content_bytes");
         check(self.task.persist_batch != new.task.persist_batch, "task.persist_batch");

@@ -33,6 +33,7 @@ use gochat_proto::logic::logic_server::{Logic as LogicRpc, LogicServer};
 use gochat_proto::repo::repo_server::{Repo, RepoServer};
 use tokio::task::JoinHandle;
 
+use crate::embedded::spawn_service;
 use remote::{Downstream, RemoteLogic, RemoteRepo};
 
 /// The four services.
@@ -116,19 +117,6 @@ pub struct Node {
     gateway: Option<im_gateway::Gateway>,
     /// Addresses this process listens on (for tests and the startup banner).
     pub addrs: Vec<(&'static str, SocketAddr)>,
-}
-
-fn spawn_service<F>(name: &'static str, shutdown: &Shutdown, fut: F) -> JoinHandle<()>
-where
-    F: std::future::Future<Output = Result<(), gochat_infra::error::AppError>> + Send + 'static,
-{
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(e) = fut.await {
-            tracing::error!(service = name, error = %e, "service failed; shutting down");
-            s.trigger();
-        }
-    })
 }
 
 /// Connects to etcd, loads the configuration and starts `service`.

@@ -186,6 +186,11 @@ impl Deployment {
         idx
     }
 
+    /// What process `idx` has logged so far (JSON lines).
+    pub fn log_of(&self, idx: usize) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{}.log", self.procs[idx].id))).unwrap_or_default()
+    }
+
     /// Index of the `n`th process of `service`.
     pub fn find(&self, service: &str, n: usize) -> usize {
         let id = format!("{service}-{n}-{}", self.tag);

@@ -244,6 +244,7 @@ async fn a_configuration_change_in_etcd_applies_without_a_restart() {
     common["http"]["signup_rate_per_ip"] = json!(1);
     common["http"]["signup_burst_per_ip"] = json!(1);
     common["log"]["level"] = json!("debug");
+    common["ws"]["max_outbound_bytes"] = json!(200_000);
     coord.put_document("common", common).await.expect("written");
 
     // The gateways pick it up from their watch: account creation is now limited.
@@ -254,6 +255,17 @@ async fn a_configuration_change_in_etcd_applies_without_a_restart() {
             break;
         }
         assert!(Instant::now() < deadline, "the new limit never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The shard knob and the log level changed in place too.
+    let gw = d.find("gateway", 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = d.log_of(gw);
+        if log.contains("outbound limit changed") && log.contains("log level changed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "live changes not applied:\n{log}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // `gochat config get` shows the service's resulting configuration.
