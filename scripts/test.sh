@@ -13,7 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== backends"
-if deploy/dev-services.sh status | grep -q stopped; then
+# (Not `status | grep -q`: with pipefail, grep's early exit can make the
+# pipeline fail by SIGPIPE and skip the start.)
+backends=$(deploy/dev-services.sh status)
+if [[ $backends == *stopped* ]]; then
     trap 'echo "== stopping backends"; deploy/dev-services.sh down' EXIT
     deploy/dev-services.sh up
 fi
