@@ -46,8 +46,22 @@ wait_port() { # name port seconds
     die "$1 did not open 127.0.0.1:$2 within $3 s (log: $DIR/$1.log)"
 }
 
-running() { # name: its pid file names a live process
-    [[ -f "$DIR/$1.pid" ]] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null
+# The program each service runs as, to tell our process from a reused pid.
+program() {
+    case $1 in
+    mariadb) echo mariadbd ;;
+    redis) echo redis-server ;;
+    etcd) echo etcd ;;
+    tansu) echo tansu ;;
+    esac
+}
+
+running() { # name: its pid file names a live process of that program
+    local pid
+    [[ -f "$DIR/$1.pid" ]] || return 1
+    pid=$(cat "$DIR/$1.pid" 2>/dev/null) || return 1
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
+        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$(program "$1")"
 }
 
 install_packages() {
@@ -62,10 +76,17 @@ install_packages() {
     local sudo=()
     [[ $(id -u) -eq 0 ]] || sudo=(sudo)
     export DEBIAN_FRONTEND=noninteractive
+    # Keep Debian from starting the packaged daemons on our ports: ours run
+    # on their own, with data in $DIR.
+    local policy=/usr/sbin/policy-rc.d placed=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod +x "$policy" && placed=1
+    fi
     "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >"$DIR/apt.log" 2>&1 \
         || { "${sudo[@]}" apt-get update >>"$DIR/apt.log" 2>&1 && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >>"$DIR/apt.log" 2>&1; } \
-        || die "apt-get install ${missing[*]} failed (see $DIR/apt.log)"
-    # Debian starts packaged daemons on install where it can; ours run on their own.
+        || { ((placed)) && "${sudo[@]}" rm -f "$policy"; die "apt-get install ${missing[*]} failed (see $DIR/apt.log)"; }
+    ((placed)) && "${sudo[@]}" rm -f "$policy"
+    return 0
 }
 
 install_tansu() {
@@ -137,7 +158,7 @@ stop() { # name
         pid=$(cat "$DIR/$1.pid")
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
+        if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
         log "stopped $1"
     fi
     rm -f "$DIR/$1.pid"

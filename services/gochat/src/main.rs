@@ -258,8 +258,7 @@ fn distributed_main(command: Command) -> ExitCode {
             println!("{} {} {what} {addr}", service.name(), node.instance_id);
         }
         println!("{} {} ready", service.name(), node.instance_id);
-        node.run().await;
-        ExitCode::SUCCESS
+        if node.run().await { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) }
     });
     // Do not wait forever for blocking work (a Kafka client leaving its group)
     // once the services have stopped or failed to start.

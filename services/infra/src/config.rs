@@ -541,6 +541,28 @@ impl LiveConfig {
 }
 
 impl Config {
+    /// `self` with the live keys taken from `new`; every other key keeps the
+    /// value this process started with (so no component sees a value it
+    /// cannot apply while another part of the process still runs on the old one).
+    pub fn with_live_values_of(&self, new: &Config) -> Config {
+        let mut c = self.clone();
+        c.log.level = new.log.level.clone();
+        c.http.rate_per_ip = new.http.rate_per_ip;
+        c.http.burst_per_ip = new.http.burst_per_ip;
+        c.http.signup_rate_per_ip = new.http.signup_rate_per_ip;
+        c.http.signup_burst_per_ip = new.http.signup_burst_per_ip;
+        c.ws.rate_per_sec = new.ws.rate_per_sec;
+        c.ws.burst = new.ws.burst;
+        c.ws.max_outbound_bytes = new.ws.max_outbound_bytes;
+        c.chat.large_group_threshold = new.chat.large_group_threshold;
+        c.chat.max_group_members = new.chat.max_group_members;
+        c.chat.idempotency_ttl_secs = new.chat.idempotency_ttl_secs;
+        c.auth.access_ttl_secs = new.auth.access_ttl_secs;
+        c.auth.refresh_ttl_secs = new.auth.refresh_ttl_secs;
+        c.task.fanout_page = new.task.fanout_page;
+        c
+    }
+
     /// The keys whose new value only takes effect after a restart, among
     /// those that differ between `self` and `new` (the live ones are log
     /// level, HTTP rate limits, the per-connection WebSocket rate limit for
@@ -646,7 +668,9 @@ mod tests {
         assert!(Config::default().restart_needed(&next).is_empty(), "both are live");
         next.ws.shards = 3;
         assert_eq!(Config::default().restart_needed(&next), ["ws.shards"]);
-        live.replace(next);
+        let merged = Config::default().with_live_values_of(&next);
+        assert_eq!((merged.ws.shards, merged.chat.large_group_threshold, merged.http.rate_per_ip), (0, 7, 1), "only live keys move");
+        live.replace(merged);
         assert!(rx.has_changed().expect("sender alive"));
         assert_eq!(live.get().chat.large_group_threshold, 7);
     }

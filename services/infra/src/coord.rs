@@ -115,6 +115,18 @@ impl Coord {
         Ok(())
     }
 
+    /// Writes and deletes documents in one transaction, so a watcher never
+    /// sees half of a change.
+    pub async fn apply_documents(&self, put: &[(&str, &serde_json::Value)], delete: &[&str]) -> CoordResult<()> {
+        let prefix = self.config_prefix();
+        let mut ops: Vec<TxnOp> = put.iter().map(|(name, doc)| TxnOp::put(format!("{prefix}{name}"), doc.to_string(), None)).collect();
+        ops.extend(delete.iter().map(|name| TxnOp::delete(format!("{prefix}{name}"), None)));
+        if !ops.is_empty() {
+            self.client.clone().txn(Txn::new().and_then(ops)).await?;
+        }
+        Ok(())
+    }
+
     pub async fn delete_document(&self, name: &str) -> CoordResult<()> {
         let key = format!("{}{name}", self.config_prefix());
         self.client.clone().delete(key, None).await?;
@@ -155,15 +167,21 @@ impl Coord {
         self.watch_documents(shutdown, move |docs| match config_for(&service, &docs, &flags) {
             Ok(new) => {
                 let old = live.get();
-                if *old == new {
-                    return;
-                }
                 let restart = old.restart_needed(&new);
                 if !restart.is_empty() {
-                    tracing::warn!(keys = ?restart, "configuration changed in etcd; these keys take effect after a restart");
+                    tracing::warn!(keys = ?restart, "configuration in etcd differs from the running one in keys that take effect after a restart");
                 }
-                tracing::info!("configuration changed in etcd; live values applied");
-                live.replace(new);
+                let merged = old.with_live_values_of(&new);
+                if merged == *old {
+                    return;
+                }
+                match merged.validate() {
+                    Ok(()) => {
+                        tracing::info!("configuration changed in etcd; live values applied");
+                        live.replace(merged);
+                    }
+                    Err(e) => tracing::error!(error = %e, "live values from etcd do not fit the running configuration; refused"),
+                }
             }
             Err(e) => tracing::error!(error = %e, "configuration in etcd refused; keeping the running one"),
         })
@@ -186,7 +204,9 @@ impl Coord {
         let key = format!("{}{}", self.services_prefix(service), instance.id);
         let value = serde_json::to_string(&instance).map_err(|e| CoordError::BadDocument { key: key.clone(), reason: e.to_string() })?;
         let mut client = self.client.clone();
-        let lease = put_with_lease(&mut client, &key, &value, ttl_secs).await?;
+        let lease = claim_with_lease(&mut client, &key, &value, ttl_secs)
+            .await?
+            .ok_or_else(|| CoordError::DuplicateInstance(instance.id.clone()))?;
         tracing::info!(%key, addr = %instance.addr, "registered in etcd");
         Ok(tokio::spawn(hold_lease(client, key, value, ttl_secs, lease, shutdown)))
     }
@@ -254,23 +274,14 @@ impl Coord {
     /// Claims the lowest free snowflake node id under a lease held until shutdown.
     pub async fn claim_node_id(&self, owner: &str, ttl_secs: i64, shutdown: Shutdown) -> CoordResult<u16> {
         let mut client = self.client.clone();
-        let lease = client.lease_grant(ttl_secs, None).await?.id();
         let prefix = format!("/gochat/nodes/{}/", self.env);
         for n in 0..=crate::ids::MAX_NODE {
             let key = format!("{prefix}{n}");
-            let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
-                key.as_str(),
-                owner,
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-            if client.txn(txn).await?.succeeded() {
-                let k = key.clone();
-                let owner = owner.to_string();
-                tokio::spawn(hold_lease(client, k, owner, ttl_secs, lease, shutdown));
+            if let Some(lease) = claim_with_lease(&mut client, &key, owner, ttl_secs).await? {
+                tokio::spawn(hold_lease(client, key, owner.to_string(), ttl_secs, lease, shutdown));
                 return Ok(n);
             }
         }
-        let _ = client.lease_revoke(lease).await;
         Err(CoordError::NoNodeId(self.env.clone()))
     }
 
@@ -336,15 +347,28 @@ pub fn config_for(service: &str, docs: &BTreeMap<String, serde_json::Value>, fla
     Config::from_documents(&layers, flags)
 }
 
-async fn put_with_lease(client: &mut Client, key: &str, value: &str, ttl_secs: i64) -> CoordResult<i64> {
+/// Puts `key` under a new lease only if no one holds it (one transaction);
+/// `None` (and no lease left behind) when it is taken.
+async fn claim_with_lease(client: &mut Client, key: &str, value: &str, ttl_secs: i64) -> CoordResult<Option<i64>> {
     let lease = client.lease_grant(ttl_secs, None).await?.id();
-    client.put(key, value, Some(PutOptions::new().with_lease(lease))).await?;
-    Ok(lease)
+    let txn = Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+        key,
+        value,
+        Some(PutOptions::new().with_lease(lease)),
+    )]);
+    if client.txn(txn).await?.succeeded() {
+        Ok(Some(lease))
+    } else {
+        let _ = client.lease_revoke(lease).await;
+        Ok(None)
+    }
 }
 
 /// Renews `lease` every third of its TTL until shutdown, then revokes it.
-/// A lost lease (expired while etcd was unreachable) is replaced by a new
-/// one carrying the same key and value.
+/// A lost lease (expired while etcd was unreachable) is replaced by claiming
+/// the key again; if another process took it meanwhile (a node id, an
+/// instance id), this process has lost its identity and shuts down rather
+/// than share it.
 async fn hold_lease(mut client: Client, key: String, value: String, ttl_secs: i64, mut lease: i64, shutdown: Shutdown) {
     let every = Duration::from_millis((ttl_secs.max(1) as u64 * 1000) / 3);
     let mut keeper = None;
@@ -365,10 +389,15 @@ async fn hold_lease(mut client: Client, key: String, value: String, ttl_secs: i6
         };
         if !alive {
             keeper = None;
-            match put_with_lease(&mut client, &key, &value, ttl_secs).await {
-                Ok(l) => {
-                    tracing::warn!(%key, "etcd lease was lost; registered again");
+            match claim_with_lease(&mut client, &key, &value, ttl_secs).await {
+                Ok(Some(l)) => {
+                    tracing::warn!(%key, "etcd lease was lost; claimed again");
                     lease = l;
+                }
+                Ok(None) => {
+                    tracing::error!(%key, "etcd lease was lost and another process holds the key now; shutting down");
+                    shutdown.trigger();
+                    return;
                 }
                 Err(e) => tracing::warn!(%key, error = %e, "cannot renew the etcd lease; retrying"),
             }

@@ -103,7 +103,8 @@ impl NodeError {
 
     /// A problem with the configuration (exit 64) rather than with a backend (exit 69).
     pub fn is_config(&self) -> bool {
-        matches!(self, NodeError::Config(_))
+        use gochat_infra::coord::CoordError;
+        matches!(self, NodeError::Config(_) | NodeError::Coord(CoordError::Config(_) | CoordError::BadDocument { .. }))
     }
 }
 
@@ -128,6 +129,12 @@ pub async fn start(service: Service, args: NodeArgs, shutdown: Shutdown) -> Resu
     if config.auth.jwt_secret.is_empty() {
         return Err(gochat_infra::config::ConfigError(
             "auth.jwt_secret must be set in the distributed mode (every gateway and logic instance shares it); put it in deploy/config/<env>/gochat.toml and run `gochat config sync`".into(),
+        )
+        .into());
+    }
+    if service == Service::Gateway && args.instance_id.is_none() {
+        return Err(gochat_infra::config::ConfigError(
+            "a gateway needs --instance-id (GOCHAT_INSTANCE_ID): it names the gateway's downstream topic and consumer groups, so keep it stable across restarts".into(),
         )
         .into());
     }
@@ -270,8 +277,12 @@ pub async fn start(service: Service, args: NodeArgs, shutdown: Shutdown) -> Resu
                 });
                 check
             };
-            let limiter =
-                Arc::new(SharedRateLimiter { kv, local: im_gateway::http::LocalRateLimiter::new(config.clone()), config: config.clone() });
+            let limiter = Arc::new(SharedRateLimiter {
+                kv,
+                local: im_gateway::http::LocalRateLimiter::new(config.clone()),
+                config: config.clone(),
+                local_until_ms: Default::default(),
+            });
             let deps = im_gateway::GatewayDeps {
                 logic,
                 bus,
@@ -301,12 +312,17 @@ impl Node {
     }
 
     /// Runs until SIGTERM/SIGINT (or an internal failure), then stops in
-    /// order: no new work, drain, commit, deregister.
-    pub async fn run(self) {
+    /// order: no new work, drain, commit, deregister. True when a signal
+    /// stopped it, false when a failure did (the process should exit non-zero
+    /// so a supervisor restarts it).
+    pub async fn run(self) -> bool {
         let s = self.shutdown.clone();
+        let by_signal = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = by_signal.clone();
         tokio::spawn(async move {
             shutdown::signal().await;
             tracing::info!("signal received; shutting down");
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
             s.trigger();
         });
         if let Some(g) = self.gateway {
@@ -319,7 +335,13 @@ impl Node {
                 tracing::warn!("a task did not stop within 15 s");
             }
         }
-        tracing::info!(service = self.service.name(), instance = %self.instance_id, "stopped");
+        let clean = by_signal.load(std::sync::atomic::Ordering::SeqCst);
+        if clean {
+            tracing::info!(service = self.service.name(), instance = %self.instance_id, "stopped");
+        } else {
+            tracing::error!(service = self.service.name(), instance = %self.instance_id, "stopped after a failure");
+        }
+        clean
     }
 }
 
@@ -422,13 +444,16 @@ async fn serve_ops(
     Ok(bound)
 }
 
-/// HTTP rate limits shared by every gateway (Redis, GCRA). If Redis cannot
-/// answer, the gateway's own limiter decides, so a Redis outage neither
-/// opens the gates nor takes the API down.
+/// HTTP rate limits shared by every gateway (Redis, GCRA). If Redis does
+/// not answer within 100 ms, the gateway's own limiter decides, and keeps
+/// deciding alone for 5 s before Redis is tried again: a Redis outage
+/// neither opens the gates nor slows every request down.
 struct SharedRateLimiter {
     kv: Arc<RedisKv>,
     local: im_gateway::http::LocalRateLimiter,
     config: LiveConfig,
+    /// Until when (ms since the Unix epoch) only the local limiter is used.
+    local_until_ms: std::sync::atomic::AtomicI64,
 }
 
 #[async_trait::async_trait]
@@ -439,10 +464,22 @@ impl im_gateway::http::HttpRateLimiter for SharedRateLimiter {
             im_gateway::http::LimitKind::Request => ("req", c.http.rate_per_ip, c.http.burst_per_ip),
             im_gateway::http::LimitKind::Signup => ("signup", c.http.signup_rate_per_ip, c.http.signup_burst_per_ip),
         };
-        match self.kv.rate_limit(&format!("ratelimit:{name}:{ip}"), rate, burst).await {
-            Ok(allowed) => allowed,
-            Err(e) => {
-                tracing::warn!(error = %e, "shared rate limit unavailable; using this gateway's own");
+        use std::sync::atomic::Ordering;
+        if gochat_infra::now_ms() < self.local_until_ms.load(Ordering::Relaxed) {
+            return self.local.check(ip, kind);
+        }
+        let shared =
+            tokio::time::timeout(Duration::from_millis(100), self.kv.rate_limit(&format!("ratelimit:{name}:{ip}"), rate, burst)).await;
+        match shared {
+            Ok(Ok(allowed)) => allowed,
+            failed => {
+                let reason = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer within 100 ms".to_string(),
+                };
+                if self.local_until_ms.swap(gochat_infra::now_ms() + 5_000, Ordering::Relaxed) < gochat_infra::now_ms() {
+                    tracing::warn!(error = %reason, "shared rate limit unavailable; this gateway limits alone for 5 s");
+                }
                 self.local.check(ip, kind)
             }
         }

@@ -73,14 +73,10 @@ pub async fn sync(coord: &Coord, dir: &Path, dry_run: bool) -> anyhow::Result<()
         println!("dry run: {changes} change(s) not applied");
         return Ok(());
     }
-    for (name, doc) in &wanted {
-        if current.get(name) != Some(doc) {
-            coord.put_document(name, doc).await?;
-        }
-    }
-    for name in stale {
-        coord.delete_document(name).await?;
-    }
+    let put: Vec<(&str, &serde_json::Value)> =
+        wanted.iter().filter(|(name, doc)| current.get(*name) != Some(*doc)).map(|(name, doc)| (name.as_str(), doc)).collect();
+    let delete: Vec<&str> = stale.iter().map(|s| s.as_str()).collect();
+    coord.apply_documents(&put, &delete).await?;
     println!("{changes} change(s) applied to {}", coord.config_prefix());
     Ok(())
 }
@@ -97,7 +93,8 @@ pub async fn get(coord: &Coord, service: Option<&str>) -> anyhow::Result<()> {
             if docs.is_empty() {
                 println!("(no configuration under {}; run `gochat config sync`)", coord.config_prefix());
             }
-            for (name, doc) in docs {
+            for (name, mut doc) in docs {
+                redact_document(&mut doc);
                 println!("{}{name}:\n{}", coord.config_prefix(), serde_json::to_string_pretty(&doc)?);
             }
         }
@@ -117,7 +114,8 @@ pub async fn watch(coord: &Coord) -> anyhow::Result<()> {
     coord
         .watch_documents(shutdown, move |docs| {
             println!("--- {} ({} document(s))", prefix, docs.len());
-            for (name, doc) in docs {
+            for (name, mut doc) in docs {
+                redact_document(&mut doc);
                 println!("{name}: {doc}");
             }
         })
@@ -137,6 +135,24 @@ fn redacted(config: &Config) -> Config {
     c.store.mysql_url = mask_password(&c.store.mysql_url);
     c.redis.url = mask_password(&c.redis.url);
     c
+}
+
+/// A configuration document with its secrets masked, for printing.
+fn redact_document(doc: &mut serde_json::Value) {
+    for (section, key) in [("auth", "jwt_secret"), ("http", "admin_token")] {
+        if let Some(v) = doc.get_mut(section).and_then(|s| s.get_mut(key))
+            && v.as_str().is_some_and(|s| !s.is_empty())
+        {
+            *v = "<set>".into();
+        }
+    }
+    for (section, key) in [("store", "mysql_url"), ("redis", "url")] {
+        if let Some(v) = doc.get_mut(section).and_then(|s| s.get_mut(key))
+            && let Some(url) = v.as_str()
+        {
+            *v = mask_password(url).into();
+        }
+    }
 }
 
 fn mask_password(url: &str) -> String {
@@ -175,6 +191,15 @@ pub async fn migrate(coord: &Coord) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn documents_are_printed_without_secrets() {
+        let mut doc =
+            serde_json::json!({"auth": {"jwt_secret": "s3cret-s3cret"}, "store": {"mysql_url": "mysql://u:pw@h/db"}, "chat": {"x": 1}});
+        redact_document(&mut doc);
+        let text = doc.to_string();
+        assert!(!text.contains("s3cret") && !text.contains(":pw@") && text.contains("<set>"), "{text}");
+    }
 
     #[test]
     fn passwords_are_masked() {

@@ -9,8 +9,10 @@
 //!   server gives up too);
 //! - a circuit breaker (`tower-resilience-circuitbreaker`), one per
 //!   downstream service, around each whole attempt (waiting for a ready
-//!   instance included): it counts transport failures, timeouts and
-//!   `UNAVAILABLE` answers, not the server's ordinary refusals, and while
+//!   instance included): it counts failures to reach the service (transport
+//!   errors, timeouts), not answers the service gave (even an `UNAVAILABLE`
+//!   about its own backend, which would otherwise open the circuit of every
+//!   hop in front of it), and while
 //!   open, calls fail at once with `UNAVAILABLE` (HTTP 503) instead of each
 //!   waiting out the deadline; with no instance registered at all, calls
 //!   fail at once too;
@@ -141,10 +143,12 @@ impl Downstream {
                     // The deadline covers waiting for a ready instance too.
                     let r = match tokio::time::timeout(deadline, f(t, req)).await {
                         Ok(r) => r.map_err(|s| transport_failure(name, s)),
-                        Err(_) => Err(Status::deadline_exceeded(format!("{name} did not answer within {deadline:?}"))),
+                        Err(_) => Err(local(Status::deadline_exceeded(format!("{name} did not answer within {deadline:?}")))),
                     };
+                    // Only failures to reach the service count against it: an
+                    // UNAVAILABLE it answered (its own backend is down) does not.
                     let health = match &r {
-                        Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => Err(s.clone()),
+                        Err(s) if s.metadata().contains_key(LOCAL_FAILURE) => Err(s.clone()),
                         _ => Ok(()),
                     };
                     *out.lock() = Some(r);
@@ -170,6 +174,13 @@ impl Downstream {
 
 /// Marks a status made by an open circuit: retrying it at once is pointless.
 const CIRCUIT_OPEN: &str = "x-gochat-circuit-open";
+/// Marks a status made on this side because the service could not be reached in time.
+const LOCAL_FAILURE: &str = "x-gochat-unreachable";
+
+fn local(mut s: Status) -> Status {
+    s.metadata_mut().insert(LOCAL_FAILURE, tonic::metadata::MetadataValue::from_static("1"));
+    s
+}
 
 fn run_attempt(a: Attempt) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Status>> + Send + 'static>> {
     a.0
@@ -181,7 +192,7 @@ fn transport_failure(name: &str, s: Status) -> Status {
     if std::error::Error::source(&s).is_some()
         && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Unavailable)
     {
-        Status::unavailable(format!("{name} unavailable: {}", s.message()))
+        local(Status::unavailable(format!("{name} unavailable: {}", s.message())))
     } else {
         s
     }

@@ -69,12 +69,18 @@ async fn a_large_group_is_fanned_out_by_task_to_both_gateways() {
     assert!(fanned >= 1.0, "task did the fan-out:\n{metrics}");
 }
 
-/// One sender per pair over the gateways in turn, each with at most 20
-/// messages in flight, behaving like a real client: a refused message is
+/// One sender per pair over the gateways in turn, each with at most
+/// `window` messages in flight, behaving like a real client: a refused message is
 /// sent again after a pause, and after 10 s of silence every unacked message
 /// is sent again (same `client_msg_id`, so nothing is stored twice). `during`
 /// runs meanwhile. Returns the acked seqIds per conversation.
-async fn traffic(app: &TestApp, pairs: &[(User, String)], per_pair: usize, during: impl Future<Output = ()>) -> BTreeMap<String, Vec<i64>> {
+async fn traffic(
+    app: &TestApp,
+    pairs: &[(User, String)],
+    per_pair: usize,
+    window: usize,
+    during: impl Future<Output = ()>,
+) -> BTreeMap<String, Vec<i64>> {
     let mut tasks = Vec::new();
     for (p, (u, conv)) in pairs.iter().enumerate() {
         let mut ws = app.ws(u).await;
@@ -86,7 +92,7 @@ async fn traffic(app: &TestApp, pairs: &[(User, String)], per_pair: usize, durin
             let deadline = Instant::now() + Duration::from_secs(150);
             while acked.len() < per_pair {
                 assert!(Instant::now() < deadline, "pair {p}: only {} of {per_pair} acked", acked.len());
-                while pending.len() < 20 && next < per_pair {
+                while pending.len() < window && next < per_pair {
                     ws.send_message(&conv, &format!("m{next}"), &format!("p{p}-{next}")).await;
                     pending.insert(next);
                     next += 1;
@@ -161,15 +167,35 @@ async fn assert_stored_exactly(app: &TestApp, pairs: &[(User, String)], acked: &
 /// survivor). Apache Kafka reassigns either way.
 #[tokio::test]
 async fn killing_a_task_instance_with_2000_messages_in_flight_loses_nothing() {
-    let mut d = Deployment::start(Spec { task: 1, ..STANDARD }, |_| {}).await;
+    let mut d = Deployment::start(Spec { task: 1, ..STANDARD }, |c| {
+        c.ws.rate_per_sec = 1000;
+        c.ws.burst = 1000;
+    })
+    .await;
     let app = d.app();
     let pairs = pairs(&app, 20).await;
     // task-0 has joined its groups by now; task-1 joins as the second member.
     let victim = d.spawn("task", 1).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
+    let victim_metrics = format!("http://{}/metrics", d.procs[victim].addrs["metrics"]);
     let d_ref = &mut d;
-    let acked = traffic(&app, &pairs, 100, async move {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+    // All 2,000 sent at once; the victim is killed once it has stored some,
+    // so it dies holding partitions and uncommitted work.
+    let acked = traffic(&app, &pairs, 100, 100, async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = reqwest::get(&victim_metrics).await.expect("metrics").text().await.expect("text");
+            let stored: f64 = m
+                .lines()
+                .filter(|l| l.starts_with("gochat_task_messages_persisted_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if stored > 0.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the second task instance never stored anything");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         d_ref.kill9(victim).await;
     })
     .await;
@@ -185,7 +211,7 @@ async fn restarting_logic_and_repo_during_traffic_loses_no_acked_message() {
     let pairs = pairs(&app, 6).await;
     let (logic, repo) = (d.find("logic", 0), d.find("repo", 0));
     let d_ref = &mut d;
-    let acked = traffic(&app, &pairs, 150, async move {
+    let acked = traffic(&app, &pairs, 150, 20, async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
         d_ref.terminate(logic).await;
         d_ref.restart(logic).await;
