@@ -138,23 +138,15 @@ impl Gateway {
             }
         }));
         // Live shard knob: the per-connection outbound limit follows the configuration.
-        let (live, p, s) = (deps.config.clone(), pusher.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut changes = live.subscribe();
-            let mut current = live.get().ws.max_outbound_bytes;
-            loop {
-                tokio::select! {
-                    r = changes.changed() => if r.is_err() { break },
-                    _ = s.wait() => break,
-                }
-                let now = live.get().ws.max_outbound_bytes;
-                if now != current {
-                    p.set_max_outbound_bytes(now);
-                    tracing::info!(max_outbound_bytes = now, "outbound limit changed");
-                    current = now;
-                }
-            }
-        }));
+        let p = pusher.clone();
+        tasks.push(tokio::spawn(deps.config.on_change(
+            shutdown.clone(),
+            |c| c.ws.max_outbound_bytes,
+            move |&bytes| {
+                p.set_max_outbound_bytes(bytes);
+                tracing::info!(max_outbound_bytes = bytes, "outbound limit changed");
+            },
+        )));
         let (bus, gw, rv, s) = (deps.bus.clone(), deps.gateway_id.clone(), revoked.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = bridge::run_user_events(bus, gw, rv, s.clone()).await {

@@ -538,6 +538,37 @@ impl LiveConfig {
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
+
+    /// Calls `apply` with `pick(config)` each time a replacement changes it,
+    /// until shutdown (spawn the returned future).
+    pub fn on_change<T, P, A>(
+        &self,
+        shutdown: crate::shutdown::Shutdown,
+        pick: P,
+        mut apply: A,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        T: PartialEq + Send + 'static,
+        P: Fn(&Config) -> T + Send + 'static,
+        A: FnMut(&T) + Send + 'static,
+    {
+        let live = self.clone();
+        async move {
+            let mut changes = live.subscribe();
+            let mut current = pick(&live.get());
+            loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { break },
+                    _ = shutdown.wait() => break,
+                }
+                let now = pick(&live.get());
+                if now != current {
+                    apply(&now);
+                    current = now;
+                }
+            }
+        }
+    }
 }
 
 impl Config {

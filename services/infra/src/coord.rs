@@ -127,12 +127,6 @@ impl Coord {
         Ok(())
     }
 
-    pub async fn delete_document(&self, name: &str) -> CoordResult<()> {
-        let key = format!("{}{name}", self.config_prefix());
-        self.client.clone().delete(key, None).await?;
-        Ok(())
-    }
-
     /// The configuration of `service` now (defaults when etcd holds nothing).
     pub async fn load_config(&self, service: &str, flags: &FlagOverrides) -> CoordResult<Config> {
         let docs = self.config_documents().await?;

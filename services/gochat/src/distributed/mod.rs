@@ -152,25 +152,14 @@ pub async fn start(service: Service, args: NodeArgs, shutdown: Shutdown) -> Resu
         let name = service.name();
         tasks.push(tokio::spawn(async move { c.follow_config(name, f, live, s).await }));
         if let Some(set) = log_setter {
-            let (live, s) = (config.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut changes = live.subscribe();
-                let mut level = live.get().log.level.clone();
-                loop {
-                    tokio::select! {
-                        r = changes.changed() => if r.is_err() { break },
-                        _ = s.wait() => break,
-                    }
-                    let now = live.get().log.level.clone();
-                    if now != level {
-                        match set(&now) {
-                            Ok(()) => tracing::info!(level = %now, "log level changed"),
-                            Err(e) => tracing::error!(level = %now, error = %e, "log level refused"),
-                        }
-                        level = now;
-                    }
-                }
-            }));
+            tasks.push(tokio::spawn(config.on_change(
+                shutdown.clone(),
+                |c| c.log.level.clone(),
+                move |level| match set(level) {
+                    Ok(()) => tracing::info!(%level, "log level changed"),
+                    Err(e) => tracing::error!(%level, error = %e, "log level refused"),
+                },
+            )));
         }
     }
 
@@ -195,21 +184,7 @@ pub async fn start(service: Service, args: NodeArgs, shutdown: Shutdown) -> Resu
             repo.ensure_world().await.map_err(|e| NodeError::backend("MySQL", e))?;
             let (listener, bound) = bind(grpc_addr).await?;
             addrs.push(("grpc", bound));
-            let s = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                if let Err(e) = tonic::transport::Server::builder()
-                    .add_service(RepoServer::new(repo))
-                    .serve_with_incoming_shutdown(incoming, {
-                        let s = s.clone();
-                        async move { s.wait().await }
-                    })
-                    .await
-                {
-                    tracing::error!(error = %e, "repo gRPC server failed");
-                    s.trigger();
-                }
-            }));
+            tasks.push(serve_grpc("repo", listener, tonic::service::Routes::new(RepoServer::new(repo)), shutdown.clone()));
             let check = health_sql(pool);
             addrs.push(("metrics", serve_ops(metrics_addr, metrics.clone(), vec![("mysql".into(), check)], &shutdown, &mut tasks).await?));
             registered = advertised(&cfg, bound)?;
@@ -223,21 +198,7 @@ pub async fn start(service: Service, args: NodeArgs, shutdown: Shutdown) -> Resu
             let (listener, bound) = bind(grpc_addr).await?;
             addrs.push(("grpc", bound));
             let svc = im_logic::LogicService::new(logic);
-            let s = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                if let Err(e) = tonic::transport::Server::builder()
-                    .add_service(LogicServer::new(svc))
-                    .serve_with_incoming_shutdown(incoming, {
-                        let s = s.clone();
-                        async move { s.wait().await }
-                    })
-                    .await
-                {
-                    tracing::error!(error = %e, "logic gRPC server failed");
-                    s.trigger();
-                }
-            }));
+            tasks.push(serve_grpc("logic", listener, tonic::service::Routes::new(LogicServer::new(svc)), shutdown.clone()));
             addrs.push(("metrics", serve_ops(metrics_addr, metrics.clone(), Vec::new(), &shutdown, &mut tasks).await?));
             registered = advertised(&cfg, bound)?;
         }
@@ -345,6 +306,21 @@ impl Node {
     }
 }
 
+/// Serves `routes` on `listener` until shutdown; a server that fails stops the process.
+fn serve_grpc(name: &'static str, listener: tokio::net::TcpListener, routes: tonic::service::Routes, shutdown: Shutdown) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let stop = {
+            let s = shutdown.clone();
+            async move { s.wait().await }
+        };
+        if let Err(e) = tonic::transport::Server::builder().add_routes(routes).serve_with_incoming_shutdown(incoming, stop).await {
+            tracing::error!(service = name, error = %e, "gRPC server failed; shutting down");
+            shutdown.trigger();
+        }
+    })
+}
+
 /// The address other processes should use to reach `bound`.
 fn advertised(cfg: &Config, bound: SocketAddr) -> Result<String, NodeError> {
     match &cfg.grpc.advertise_addr {
@@ -363,7 +339,8 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
     Ok((l, bound))
 }
 
-async fn kafka(cfg: &Config, instance_id: &str) -> Result<Arc<dyn Bus>, NodeError> {
+/// The Kafka bus of `cfg`, with the shared topics created.
+pub(crate) async fn kafka(cfg: &Config, instance_id: &str) -> Result<Arc<dyn Bus>, NodeError> {
     let bus = KafkaBus::connect(KafkaOptions {
         brokers: cfg.kafka.brokers.clone(),
         namespace: cfg.kafka.namespace.clone(),
@@ -380,7 +357,7 @@ async fn kafka(cfg: &Config, instance_id: &str) -> Result<Arc<dyn Bus>, NodeErro
 }
 
 /// Creates the shared topics (idempotent); `gochat migrate` runs the same step.
-pub async fn create_topics(bus: &dyn Bus, partitions: u32) -> Result<(), NodeError> {
+async fn create_topics(bus: &dyn Bus, partitions: u32) -> Result<(), NodeError> {
     for t in
         [topics::UPSTREAM, topics::PERSIST, topics::FANOUT, topics::USER_EVENTS, topics::MESSAGE_EVENTS, topics::NOTIFICATIONS, topics::DLQ]
     {
@@ -459,11 +436,8 @@ struct SharedRateLimiter {
 #[async_trait::async_trait]
 impl im_gateway::http::HttpRateLimiter for SharedRateLimiter {
     async fn allow(&self, ip: std::net::IpAddr, kind: im_gateway::http::LimitKind) -> bool {
-        let c = self.config.get();
-        let (name, rate, burst) = match kind {
-            im_gateway::http::LimitKind::Request => ("req", c.http.rate_per_ip, c.http.burst_per_ip),
-            im_gateway::http::LimitKind::Signup => ("signup", c.http.signup_rate_per_ip, c.http.signup_burst_per_ip),
-        };
+        let (rate, burst) = kind.limits(&self.config.get());
+        let name = kind.name();
         use std::sync::atomic::Ordering;
         if gochat_infra::now_ms() < self.local_until_ms.load(Ordering::Relaxed) {
             return self.local.check(ip, kind);

@@ -173,17 +173,7 @@ pub async fn migrate(coord: &Coord) -> anyhow::Result<()> {
     let store = gochat_infra::store::mysql::MySqlStore::connect(&config.store.mysql_url, 2).await?;
     store.migrate().await?;
     println!("database {}: migrations applied", mask_password(&config.store.mysql_url));
-    let bus = gochat_infra::bus::kafka::KafkaBus::connect(gochat_infra::bus::kafka::KafkaOptions {
-        brokers: config.kafka.brokers.clone(),
-        namespace: config.kafka.namespace.clone(),
-        client_id: "gochat-migrate".into(),
-        default_partitions: config.bus.partitions,
-        replication_factor: config.kafka.replication_factor,
-        session_timeout_ms: config.kafka.session_timeout_ms,
-        message_timeout_ms: config.kafka.message_timeout_ms,
-    })
-    .await?;
-    super::create_topics(bus.as_ref(), config.bus.partitions).await?;
+    super::kafka(&config, "gochat-migrate").await?;
     println!("kafka {}: topics created ({} partitions each)", config.kafka.brokers, config.bus.partitions);
     Ok(())
 }

@@ -262,6 +262,15 @@ impl TestApp {
     }
 }
 
+/// The sum of every sample of metric `name` (all label sets) in Prometheus text.
+pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn tokens_user(v: &Value) -> User {
     let d = &v["data"];
     User {

@@ -181,11 +181,7 @@ async fn large_groups_are_fanned_out_by_task() {
 }
 
 fn fanout_records(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("gochat_task_fanout_records_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(metrics, "gochat_task_fanout_records_total")
 }
 
 #[tokio::test]

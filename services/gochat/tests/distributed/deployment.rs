@@ -124,24 +124,28 @@ impl Deployment {
         vec!["--etcd".into(), etcd_endpoint(), "--env".into(), self.tag.clone()]
     }
 
-    /// Runs a one-shot `gochat` command against this deployment; panics on failure.
-    pub async fn run_to_end(&self, args: &[&str]) -> String {
-        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend(self.base_args());
-        let out = Command::new(env!("CARGO_BIN_EXE_gochat")).args(&all).output().await.expect("gochat runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "gochat {all:?} failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
-        stdout
-    }
-
-    /// Runs a `gochat` command that must fail; returns its stderr.
-    pub async fn run_fails(&self, args: &[&str]) -> String {
+    /// Runs a one-shot `gochat` command against this deployment (60 s at most).
+    async fn run(&self, args: &[&str]) -> (std::process::Output, Vec<String>) {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         all.extend(self.base_args());
         let out = tokio::time::timeout(Duration::from_secs(60), Command::new(env!("CARGO_BIN_EXE_gochat")).args(&all).output())
             .await
             .expect("ends within 60 s")
             .expect("gochat runs");
+        (out, all)
+    }
+
+    /// [`Deployment::run`] that must succeed; returns its stdout.
+    pub async fn run_to_end(&self, args: &[&str]) -> String {
+        let (out, all) = self.run(args).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "gochat {all:?} failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+        stdout
+    }
+
+    /// [`Deployment::run`] that must fail; returns its stderr.
+    pub async fn run_fails(&self, args: &[&str]) -> String {
+        let (out, all) = self.run(args).await;
         assert!(!out.status.success(), "gochat {all:?} should fail");
         String::from_utf8_lossy(&out.stderr).into_owned()
     }

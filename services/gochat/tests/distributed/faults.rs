@@ -61,11 +61,7 @@ async fn a_large_group_is_fanned_out_by_task_to_both_gateways() {
         }
     }
     let metrics = d.app().metrics().await;
-    let fanned: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("gochat_task_fanout_records_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let fanned = metric_sum(&metrics, "gochat_task_fanout_records_total");
     assert!(fanned >= 1.0, "task did the fan-out:\n{metrics}");
 }
 
@@ -185,11 +181,7 @@ async fn killing_a_task_instance_with_2000_messages_in_flight_loses_nothing() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let m = reqwest::get(&victim_metrics).await.expect("metrics").text().await.expect("text");
-            let stored: f64 = m
-                .lines()
-                .filter(|l| l.starts_with("gochat_task_messages_persisted_total"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
+            let stored = metric_sum(&m, "gochat_task_messages_persisted_total");
             if stored > 0.0 {
                 break;
             }

@@ -60,6 +60,24 @@ pub enum LimitKind {
     Signup,
 }
 
+impl LimitKind {
+    /// The budget's `(per second, burst)` in `config`.
+    pub fn limits(self, config: &Config) -> (u32, u32) {
+        match self {
+            LimitKind::Request => (config.http.rate_per_ip, config.http.burst_per_ip),
+            LimitKind::Signup => (config.http.signup_rate_per_ip, config.http.signup_burst_per_ip),
+        }
+    }
+
+    /// A short name for keys and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKind::Request => "req",
+            LimitKind::Signup => "signup",
+        }
+    }
+}
+
 /// Per-client-IP rate limiting. The limits are read from the live
 /// configuration at each check, so a change applies without a restart.
 #[async_trait::async_trait]
@@ -91,10 +109,10 @@ impl LocalRateLimiter {
 
     /// Synchronous check (the trait's `allow` is this).
     pub fn check(&self, ip: IpAddr, kind: LimitKind) -> bool {
-        let c = self.config.get();
-        let (slot, rate, burst) = match kind {
-            LimitKind::Request => (&self.request, c.http.rate_per_ip, c.http.burst_per_ip),
-            LimitKind::Signup => (&self.signup, c.http.signup_rate_per_ip, c.http.signup_burst_per_ip),
+        let (rate, burst) = kind.limits(&self.config.get());
+        let slot = match kind {
+            LimitKind::Request => &self.request,
+            LimitKind::Signup => &self.signup,
         };
         let mut current = slot.load();
         if current.0 != rate || current.1 != burst {
