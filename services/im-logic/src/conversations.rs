@@ -245,7 +245,7 @@ impl Logic {
                 }
             }
             GROUP => {
-                let me = me.ok_or_else(|| AppError::forbidden("you are not a member of this conversation"))?;
+                let me = me.ok_or_else(crate::not_a_member)?;
                 if me.role < ADMIN {
                     return Err(AppError::forbidden("only the owner or an admin can add members"));
                 }

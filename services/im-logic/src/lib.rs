@@ -36,7 +36,7 @@ use gochat_infra::telemetry::Metrics;
 use gochat_proto::common::{Conversation, Member, User};
 use gochat_proto::logic::Caller;
 use gochat_proto::repo::repo_server::Repo;
-use gochat_proto::repo::{ConversationId, MemberKey, UserIds};
+use gochat_proto::repo::{ConversationId, ConversationIds, MemberKey, UserIds};
 use tonic::Request;
 
 pub use service::LogicService;
@@ -79,16 +79,21 @@ impl Logic {
 
     /// The conversation, or `CONVERSATION_NOT_FOUND`.
     pub(crate) async fn conversation(&self, id: &str) -> AppResult<Conversation> {
-        if id.is_empty() || id.len() > 64 {
-            return Err(AppError::new(gochat_infra::error::ErrorCode::ConversationNotFound, "conversation not found"));
+        self.conversation_view(id, View::Full).await
+    }
+
+    async fn conversation_view(&self, id: &str, view: View) -> AppResult<Conversation> {
+        if !valid_conversation_id(id) {
+            return Err(conversation_not_found());
         }
-        rpc(self.repo.get_conversation(Request::new(ConversationId { conversation_id: id.to_string() }))).await.map_err(|e| {
-            if e.code == gochat_infra::error::ErrorCode::NotFound {
-                AppError::new(gochat_infra::error::ErrorCode::ConversationNotFound, "conversation not found")
-            } else {
-                e
-            }
-        })
+        if let View::Meta = view {
+            let ids = ConversationIds { conversation_ids: vec![id.to_string()] };
+            let found = rpc(self.repo.get_conversation_metas(Request::new(ids))).await?;
+            return found.conversations.into_iter().next().ok_or_else(conversation_not_found);
+        }
+        rpc(self.repo.get_conversation(Request::new(ConversationId { conversation_id: id.to_string() })))
+            .await
+            .map_err(|e| if e.code == gochat_infra::error::ErrorCode::NotFound { conversation_not_found() } else { e })
     }
 
     pub(crate) async fn membership(&self, conversation_id: &str, user_id: i64) -> AppResult<Option<Member>> {
@@ -101,13 +106,43 @@ impl Logic {
 
     /// The conversation and the caller's membership; 404 unknown, 403 not a member.
     pub(crate) async fn member_view(&self, caller: &Caller, conversation_id: &str) -> AppResult<(Conversation, Member)> {
-        let conv = self.conversation(conversation_id).await?;
-        let member = self
-            .membership(conversation_id, caller.user_id)
-            .await?
-            .ok_or_else(|| AppError::forbidden("you are not a member of this conversation"))?;
+        self.member_view_of(caller, conversation_id, View::Full).await
+    }
+
+    /// [`Self::member_view`] without the fields each new message changes
+    /// (last message, last seq): the send path's view, which stays cached
+    /// while messages flow.
+    pub(crate) async fn sender_view(&self, caller: &Caller, conversation_id: &str) -> AppResult<(Conversation, Member)> {
+        self.member_view_of(caller, conversation_id, View::Meta).await
+    }
+
+    async fn member_view_of(&self, caller: &Caller, conversation_id: &str, view: View) -> AppResult<(Conversation, Member)> {
+        let conv = self.conversation_view(conversation_id, view).await?;
+        let member = self.membership(conversation_id, caller.user_id).await?.ok_or_else(not_a_member)?;
         Ok((conv, member))
     }
+}
+
+/// Conversation ids are at most 64 characters (`VARCHAR(64)`); anything else
+/// cannot exist.
+pub(crate) fn valid_conversation_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64
+}
+
+pub(crate) fn conversation_not_found() -> AppError {
+    AppError::new(gochat_infra::error::ErrorCode::ConversationNotFound, "conversation not found")
+}
+
+pub(crate) fn not_a_member() -> AppError {
+    AppError::forbidden("you are not a member of this conversation")
+}
+
+/// Which conversation fields a read needs.
+#[derive(Clone, Copy)]
+enum View {
+    Full,
+    /// Without `last_message_id`, `last_seq_id`, `updated_at_ms`.
+    Meta,
 }
 
 /// The caller from a request, or a validation error.

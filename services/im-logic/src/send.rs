@@ -18,17 +18,19 @@
 //! durable write, so a partition's throughput is not one bus-log commit per
 //! message; `POST …/messages` is a batch of one.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use gochat_infra::bus::topics;
 use gochat_infra::error::{AppError, AppResult, ErrorCode};
 use gochat_infra::push::AckRoute;
 use gochat_infra::{codec, now_ms, push, rpc};
-use gochat_proto::common::{Conversation, Message, User};
+use gochat_proto::common::{Conversation, Member, Message, User};
 use gochat_proto::events::{AckTarget, FanoutTask, PersistMessage, downstream_message::Payload};
-use gochat_proto::logic::SendMessageRequest;
+use gochat_proto::logic::{Caller, SendMessageRequest};
 use gochat_proto::repo::{
-    ClientMsgKey, ClientMsgKeys, ConversationId, IdempotencyClaim, IdempotencyRecord, IdempotencyResult, ListMemberIdsRequest,
+    ClientMsgKey, ClientMsgKeys, ConversationId, ConversationIds, IdempotencyClaim, IdempotencyRecord, IdempotencyResult,
+    ListMemberIdsRequest, MemberKey, MemberKeys,
 };
 use tonic::Request;
 
@@ -71,18 +73,18 @@ impl Logic {
 
     /// Sends messages in order with one durable write for the batch; one
     /// result per request, in order.
-    pub async fn send_batch(&self, requests: Vec<(SendMessageRequest, String)>, path: &str) -> Vec<AppResult<Message>> {
+    /// `reads`: [`Logic::batch_reads`] of these requests (or more).
+    pub async fn send_batch(&self, requests: Vec<(SendMessageRequest, String)>, reads: &BatchReads, path: &str) -> Vec<AppResult<Message>> {
         let mut results: Vec<Option<AppResult<Message>>> = Vec::with_capacity(requests.len());
         let mut drafts: Vec<(usize, Box<Draft>)> = Vec::new();
-        let stored = self.stored_client_ids(&requests).await;
         for (r, trace) in requests {
             let i = results.len();
             results.push(None);
-            let mut prepared = self.prepare(r.clone(), &trace, false, stored.as_ref()).await;
+            let mut prepared = self.prepare(r.clone(), &trace, false, Some(reads)).await;
             if matches!(prepared, Ok(Prepared::Pending)) {
                 // Its twin may be one of ours: settle those first, then wait.
                 self.settle(&mut drafts, &mut results, path).await;
-                prepared = self.prepare(r, &trace, true, stored.as_ref()).await;
+                prepared = self.prepare(r, &trace, true, Some(reads)).await;
             }
             match prepared {
                 Ok(Prepared::Fresh(d)) => drafts.push((i, d)),
@@ -95,13 +97,50 @@ impl Logic {
         results.into_iter().map(|r| r.unwrap_or_else(|| Err(AppError::internal("message was not processed")))).collect()
     }
 
+    /// What every message of the batch reads, read once for the batch:
+    /// stored client ids, conversations, the senders' memberships and the
+    /// senders (a cold cache then costs a few queries per batch, not a few
+    /// per message).
+    pub async fn batch_reads(&self, requests: &[SendMessageRequest]) -> BatchReads {
+        let mut conv_ids = BTreeSet::new();
+        let mut member_keys = BTreeSet::new();
+        let mut user_ids = BTreeSet::new();
+        for r in requests {
+            let Some(user_id) = r.caller.as_ref().map(|c| c.user_id).filter(|u| *u > 0) else { continue };
+            user_ids.insert(user_id);
+            if crate::valid_conversation_id(&r.conversation_id) {
+                conv_ids.insert(r.conversation_id.clone());
+                member_keys.insert((r.conversation_id.clone(), user_id));
+            }
+        }
+        let convs =
+            rpc(self.repo.get_conversation_metas(Request::new(ConversationIds { conversation_ids: conv_ids.into_iter().collect() })));
+        let keys = member_keys.into_iter().map(|(conversation_id, user_id)| MemberKey { conversation_id, user_id }).collect();
+        let members = rpc(self.repo.get_members(Request::new(MemberKeys { keys })));
+        let (stored, convs, members, users) =
+            tokio::join!(self.stored_client_ids(requests), convs, members, self.users(user_ids.into_iter().collect()));
+        let views = match (convs, members, users) {
+            (Ok(c), Ok(m), Ok(u)) => Some(Views {
+                convs: c.conversations.into_iter().map(|c| (c.id.clone(), c)).collect(),
+                members: m.members.into_iter().map(|m| ((m.conversation_id.clone(), m.user_id), m)).collect(),
+                users: u.into_iter().map(|u| (u.id, u)).collect(),
+            }),
+            (c, m, u) => {
+                let e = [c.err(), m.err(), u.err()].into_iter().flatten().next();
+                tracing::warn!(error = ?e, "batched reads failed; each message reads on its own");
+                None
+            }
+        };
+        BatchReads { stored, views }
+    }
+
     /// The batch's client message ids already in the database, in one query
     /// (instead of one per message); `None` if the lookup failed, and then
     /// each claim checks the database itself.
-    async fn stored_client_ids(&self, requests: &[(SendMessageRequest, String)]) -> Option<StoredIds> {
+    async fn stored_client_ids(&self, requests: &[SendMessageRequest]) -> Option<StoredIds> {
         let keys: Vec<ClientMsgKey> = requests
             .iter()
-            .filter_map(|(r, _)| {
+            .filter_map(|r| {
                 let cid = r.client_msg_id.as_ref().filter(|c| !c.is_empty() && c.len() <= MAX_CLIENT_MSG_ID)?;
                 Some(ClientMsgKey { sender_id: r.caller.as_ref()?.user_id, client_msg_id: cid.clone() })
             })
@@ -145,8 +184,10 @@ impl Logic {
         r: SendMessageRequest,
         trace_id: &str,
         wait_pending: bool,
-        stored: Option<&StoredIds>,
+        batch: Option<&BatchReads>,
     ) -> AppResult<Prepared> {
+        let stored = batch.and_then(|b| b.stored.as_ref());
+        let views = batch.and_then(|b| b.views.as_ref());
         let caller = crate::caller(r.caller)?;
         if !(1..=3).contains(&r.message_type) {
             return Err(AppError::validation("messageType must be 1 (text), 2 (image) or 3 (file)"));
@@ -164,7 +205,10 @@ impl Logic {
         if client_msg_id.as_ref().is_some_and(|id| id.len() > MAX_CLIENT_MSG_ID) {
             return Err(AppError::validation(format!("client_msg_id must be at most {MAX_CLIENT_MSG_ID} characters")));
         }
-        let (conv, member) = self.member_view(&caller, &r.conversation_id).await?;
+        let (conv, member) = match views {
+            Some(v) => v.sender_view(&caller, &r.conversation_id)?,
+            None => self.sender_view(&caller, &r.conversation_id).await?,
+        };
         if member.muted {
             return Err(AppError::forbidden("you are muted in this conversation"));
         }
@@ -175,7 +219,11 @@ impl Logic {
             }),
             _ => None,
         };
-        let sender = self.user(caller.user_id).await?.map(|u| User { password_hash: String::new(), ..u });
+        let sender = match views {
+            Some(v) => v.users.get(&caller.user_id).cloned(),
+            None => self.user(caller.user_id).await?,
+        }
+        .map(|u| User { password_hash: String::new(), ..u });
 
         if let Some(cid) = &client_msg_id {
             let first = match self.claim(caller.user_id, cid, wait_pending, stored.is_some()).await? {
@@ -391,7 +439,33 @@ impl Logic {
 }
 
 /// Messages already stored, by (sender, client_msg_id).
-type StoredIds = std::collections::HashMap<(i64, String), Message>;
+type StoredIds = HashMap<(i64, String), Message>;
+
+/// Reads shared by a batch of sends ([`Logic::batch_reads`]).
+pub struct BatchReads {
+    /// Client ids already stored; `None` when the lookup failed (each claim
+    /// then checks the database itself).
+    stored: Option<StoredIds>,
+    /// `None` when a batched read failed: each message reads on its own.
+    views: Option<Views>,
+}
+
+/// Conversations (without the fields new messages change), the senders'
+/// memberships and the senders, as found; what is absent does not exist.
+struct Views {
+    convs: HashMap<String, Conversation>,
+    members: HashMap<(String, i64), Member>,
+    users: HashMap<i64, User>,
+}
+
+impl Views {
+    /// [`Logic::sender_view`] from the batch's reads, with the same errors.
+    fn sender_view(&self, caller: &Caller, conversation_id: &str) -> AppResult<(Conversation, Member)> {
+        let conv = self.convs.get(conversation_id).cloned().ok_or_else(crate::conversation_not_found)?;
+        let member = self.members.get(&(conversation_id.to_string(), caller.user_id)).cloned().ok_or_else(crate::not_a_member)?;
+        Ok((conv, member))
+    }
+}
 
 enum Claim {
     Mine,

@@ -21,6 +21,7 @@ use gochat_proto::events::{DownstreamMessage, ErrorReply, UpstreamMessage, downs
 use gochat_proto::logic::{Caller, SendMessageRequest};
 
 use crate::Logic;
+use crate::send::BatchReads;
 
 const BATCH: usize = 512;
 
@@ -55,11 +56,22 @@ async fn commit(consumer: &mut dyn Consumer, records: &[Record]) {
 
 /// Handles a batch; false when shutdown interrupted it.
 async fn handle_batch(logic: &Logic, records: &[Record], shutdown: &Shutdown) -> bool {
-    let mut by_partition: BTreeMap<(&str, u32), Vec<&Record>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<(&str, u32), Vec<(UpstreamMessage, String)>> = BTreeMap::new();
     for r in records {
-        by_partition.entry((r.topic.as_str(), r.partition)).or_default().push(r);
+        let ups = by_partition.entry((r.topic.as_str(), r.partition)).or_default();
+        match codec::decode::<UpstreamMessage>(r) {
+            Ok(up) => ups.push((up, codec::trace_id(r))),
+            Err(e) => {
+                let error = format!("undecodable UpstreamMessage: {e}");
+                codec::send_to_dlq(logic.bus.as_ref(), &logic.metrics, r, groups::LOGIC_UPSTREAM, &error).await
+            }
+        }
     }
-    let tasks = by_partition.into_values().map(|recs| handle_partition(logic, recs, shutdown));
+    // One set of reads (conversations, memberships, senders, stored ids)
+    // for the whole batch, shared by its partitions.
+    let requests: Vec<SendMessageRequest> = by_partition.values().flatten().map(|(up, _)| request(up)).collect();
+    let reads = logic.batch_reads(&requests).await;
+    let tasks = by_partition.into_values().map(|ups| handle_partition(logic, ups, &reads, shutdown));
     futures::future::join_all(tasks).await.into_iter().all(|done| done)
 }
 
@@ -83,25 +95,9 @@ fn request(up: &UpstreamMessage) -> SendMessageRequest {
 
 /// One partition's records, in order, with one durable write for the lot;
 /// false when shutdown interrupted it (not done).
-async fn handle_partition(logic: &Logic, records: Vec<&Record>, shutdown: &Shutdown) -> bool {
-    let mut ups = Vec::with_capacity(records.len());
-    for r in records {
-        match codec::decode::<UpstreamMessage>(r) {
-            Ok(up) => ups.push((up, codec::trace_id(r))),
-            Err(e) => {
-                codec::send_to_dlq(
-                    logic.bus.as_ref(),
-                    &logic.metrics,
-                    r,
-                    groups::LOGIC_UPSTREAM,
-                    &format!("undecodable UpstreamMessage: {e}"),
-                )
-                .await
-            }
-        }
-    }
+async fn handle_partition(logic: &Logic, ups: Vec<(UpstreamMessage, String)>, reads: &BatchReads, shutdown: &Shutdown) -> bool {
     let requests = ups.iter().map(|(up, trace)| (request(up), trace.clone())).collect();
-    let results = logic.send_batch(requests, "ws").await;
+    let results = logic.send_batch(requests, reads, "ws").await;
     for ((up, trace), result) in ups.iter().zip(results) {
         match result {
             Ok(_) => {}

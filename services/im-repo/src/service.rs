@@ -27,6 +27,16 @@ const REINVALIDATE_AFTER: Duration = Duration::from_millis(500);
 /// A send in flight holds its `client_msg_id` at most this long; an abandoned
 /// send (crash, cancelled request) frees the id after it.
 const CLAIM_TTL: Duration = Duration::from_secs(30);
+/// Most keys one batched read takes (the logic batches 512 messages).
+const MAX_BATCH_KEYS: usize = 4096;
+
+fn check_batch(n: usize) -> Result<(), Status> {
+    if n > MAX_BATCH_KEYS {
+        return Err(Status::invalid_argument(format!("{n} keys; at most {MAX_BATCH_KEYS} per call")));
+    }
+    Ok(())
+}
+
 /// Member-id lists are cached only for conversations up to this size.
 const MEMBER_IDS_CACHE_MAX: usize = 1000;
 
@@ -118,7 +128,8 @@ impl RepoService {
     /// moment later: a reader that read the database before the write may
     /// put its old copy back in between ("delayed double delete").
     async fn invalidate(&self, conversation_id: &str, members: &[i64]) -> Result<(), Status> {
-        let mut keys = vec![keys::conversation_info(conversation_id), keys::member_ids(conversation_id)];
+        let mut keys =
+            vec![keys::conversation_info(conversation_id), keys::conversation_meta(conversation_id), keys::member_ids(conversation_id)];
         keys.extend(members.iter().map(|u| keys::member(conversation_id, *u)));
         self.kv.del(&keys).await.map_err(kv_err)?;
         let kv = self.kv.clone();
@@ -132,26 +143,37 @@ impl RepoService {
     }
 
     async fn users_cached(&self, ids: &[i64]) -> Result<Vec<User>, Status> {
-        let mut found = Vec::with_capacity(ids.len());
-        let mut missing = Vec::new();
-        for id in ids {
-            match self.kv.get(&keys::user_info(*id)).await.map_err(kv_err)? {
-                Some(bytes) => match User::decode(bytes.as_ref()) {
-                    Ok(u) => found.push(u),
-                    // A broken cache entry is dropped and read again from the database.
-                    Err(_) => missing.push(*id),
-                },
-                None => missing.push(*id),
-            }
-        }
+        let cache_keys: Vec<String> = ids.iter().map(|id| keys::user_info(*id)).collect();
+        let (mut found, missing) = self.cached_many::<User, _>(ids, &cache_keys).await?;
         if !missing.is_empty() {
+            let mut fill = Vec::with_capacity(missing.len());
             for mut u in self.store.get_users(&missing).await.map_err(db)? {
                 u.password_hash.clear();
-                self.kv.set(&keys::user_info(u.id), Bytes::from(u.encode_to_vec()), USER_CACHE_TTL).await.map_err(kv_err)?;
+                fill.push((keys::user_info(u.id), Bytes::from(u.encode_to_vec())));
                 found.push(u);
             }
+            self.kv.set_many(&fill, USER_CACHE_TTL).await.map_err(kv_err)?;
         }
         Ok(found)
+    }
+
+    /// Looks `cache_keys` (one per id) up in one round trip: the decoded hits,
+    /// and the ids that missed. A broken entry counts as a miss and is read
+    /// again from the database.
+    async fn cached_many<T: prost::Message + Default, I: Clone>(
+        &self,
+        ids: &[I],
+        cache_keys: &[String],
+    ) -> Result<(Vec<T>, Vec<I>), Status> {
+        let mut hits = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for (id, value) in ids.iter().zip(self.kv.get_many(cache_keys).await.map_err(kv_err)?) {
+            match value.and_then(|b| T::decode(b.as_ref()).ok()) {
+                Some(v) => hits.push(v),
+                None => missing.push(id.clone()),
+            }
+        }
+        Ok((hits, missing))
     }
 }
 
@@ -211,6 +233,33 @@ impl Repo for RepoService {
         ok(conv)
     }
 
+    async fn get_conversation_metas(&self, req: Request<ConversationIds>) -> R<Conversations> {
+        let mut ids = req.into_inner().conversation_ids;
+        check_batch(ids.len())?;
+        ids.sort_unstable();
+        ids.dedup();
+        let cache_keys: Vec<String> = ids.iter().map(|id| keys::conversation_meta(id)).collect();
+        let (mut conversations, missing) = self.cached_many::<Conversation, _>(&ids, &cache_keys).await?;
+        if !missing.is_empty() {
+            let found = self.store.get_conversations(&missing).await.map_err(db)?;
+            // A cold cache usually means cold sequence counters too (first
+            // use, or a restart of the embedded mode): seed them here from
+            // the same rows, as NextSeq would one query each. Seeding only
+            // sets a missing counter, so this never moves one.
+            futures::future::try_join_all(found.iter().map(|c| self.kv.seq_seed(&c.id, c.last_seq_id))).await.map_err(kv_err)?;
+            let mut fill = Vec::new();
+            for mut conv in found {
+                conv.last_message_id = None;
+                conv.last_seq_id = 0;
+                conv.updated_at_ms = 0;
+                fill.push((keys::conversation_meta(&conv.id), Bytes::from(conv.encode_to_vec())));
+                conversations.push(conv);
+            }
+            self.kv.set_many(&fill, CONV_CACHE_TTL).await.map_err(kv_err)?;
+        }
+        ok(Conversations { conversations })
+    }
+
     async fn update_conversation(&self, req: Request<UpdateConversationRequest>) -> R<Conversation> {
         let r = req.into_inner();
         let conv = self
@@ -253,6 +302,38 @@ impl Repo for RepoService {
                 Err(not_found("member"))
             }
         }
+    }
+
+    async fn get_members(&self, req: Request<MemberKeys>) -> R<Members> {
+        let mut wanted: Vec<(String, i64)> = req.into_inner().keys.into_iter().map(|k| (k.conversation_id, k.user_id)).collect();
+        check_batch(wanted.len())?;
+        wanted.sort_unstable();
+        wanted.dedup();
+        let cache_keys: Vec<String> = wanted.iter().map(|(c, u)| keys::member(c, *u)).collect();
+        // As for one: an empty cached value means "not a member".
+        let mut members = Vec::new();
+        let mut missing = Vec::new();
+        for (key, value) in wanted.into_iter().zip(self.kv.get_many(&cache_keys).await.map_err(kv_err)?) {
+            match value {
+                Some(bytes) if bytes.is_empty() => {}
+                Some(bytes) => match Member::decode(bytes.as_ref()) {
+                    Ok(m) => members.push(m),
+                    Err(_) => missing.push(key),
+                },
+                None => missing.push(key),
+            }
+        }
+        if !missing.is_empty() {
+            let found = self.store.get_members(&missing).await.map_err(db)?;
+            let mut fill: Vec<(String, Bytes)> = Vec::with_capacity(missing.len());
+            for (c, u) in &missing {
+                let m = found.iter().find(|m| m.conversation_id == *c && m.user_id == *u);
+                fill.push((keys::member(c, *u), m.map(|m| Bytes::from(m.encode_to_vec())).unwrap_or_default()));
+            }
+            self.kv.set_many(&fill, CONV_CACHE_TTL).await.map_err(kv_err)?;
+            members.extend(found);
+        }
+        ok(Members { members })
     }
 
     async fn list_members(&self, req: Request<ListMembersRequest>) -> R<MemberPage> {
@@ -320,7 +401,8 @@ impl Repo for RepoService {
         }
         let pointers: Vec<(i64, String, i64)> = own.iter().map(|((u, c), s)| (*u, c.to_string(), *s)).collect();
         self.store.advance_read_pointers(&pointers, now_ms()).await.map_err(db)?;
-        // The stored conversations' last message and seq moved on.
+        // The stored conversations' last message and seq moved on (their
+        // `conv:meta` entries hold neither and stay).
         let convs: std::collections::BTreeSet<&str> = r.messages.iter().map(|m| m.conversation_id.as_str()).collect();
         self.kv.del(&convs.into_iter().map(keys::conversation_info).collect::<Vec<_>>()).await.map_err(kv_err)?;
         ok(BatchSaveMessagesResponse { inserted: out.inserted as i32, duplicates: out.duplicates as i32 })

@@ -262,9 +262,11 @@ forward!(RemoteRepo: repo::repo_server::Repo, RepoClient, repo {
     search_users(repo::SearchUsersRequest) -> Users: retry;
     create_conversation(repo::CreateConversationRequest) -> repo::CreateConversationResponse: once;
     get_conversation(ConversationId) -> common::Conversation: retry;
+    get_conversation_metas(repo::ConversationIds) -> repo::Conversations: retry;
     update_conversation(repo::UpdateConversationRequest) -> common::Conversation: retry;
     list_user_conversations(ListUserConversationsRequest) -> ConversationPage: retry;
     get_member(MemberKey) -> common::Member: retry;
+    get_members(repo::MemberKeys) -> repo::Members: retry;
     list_members(repo::ListMembersRequest) -> MemberPage: retry;
     list_member_ids(ListMemberIdsRequest) -> MemberIdPage: retry;
     add_members(repo::AddMembersRequest) -> AddMembersResponse: once;

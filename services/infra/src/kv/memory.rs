@@ -129,6 +129,19 @@ impl Kv for MemoryKv {
         Ok(self.shard(key).values.get(key).filter(|(_, exp)| *exp > now).map(|(v, _)| v.clone()))
     }
 
+    async fn get_many(&self, keys: &[String]) -> KvResult<Vec<Option<Bytes>>> {
+        let now = Instant::now();
+        Ok(keys.iter().map(|k| self.shard(k.as_str()).values.get(k).filter(|(_, exp)| *exp > now).map(|(v, _)| v.clone())).collect())
+    }
+
+    async fn set_many(&self, entries: &[(String, Bytes)], ttl: Duration) -> KvResult<()> {
+        let expires = Instant::now() + ttl;
+        for (k, v) in entries {
+            self.shard(k.as_str()).values.insert(k.clone(), (v.clone(), expires));
+        }
+        Ok(())
+    }
+
     async fn del(&self, keys: &[String]) -> KvResult<()> {
         for k in keys {
             self.shard(k.as_str()).values.remove(k);
@@ -221,6 +234,7 @@ mod tests {
         seq_incr_is_atomic,
         set_nx_holds_until_expiry,
         set_get_del,
+        get_many_and_set_many,
         scan_prefix_returns_only_matching_live_keys,
         scan_prefix_takes_glob_characters_literally,
         scan_prefix_sees_every_key_of_a_large_set_once,

@@ -40,6 +40,10 @@ pub trait Kv: Send + Sync + 'static {
     /// `SET key value PX ttl`.
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> KvResult<()>;
     async fn get(&self, key: &str) -> KvResult<Option<Bytes>>;
+    /// `MGET`: one value (or `None`) per key, in order.
+    async fn get_many(&self, keys: &[String]) -> KvResult<Vec<Option<Bytes>>>;
+    /// `SET key value PX ttl` for every entry, in one round trip.
+    async fn set_many(&self, entries: &[(String, Bytes)], ttl: Duration) -> KvResult<()>;
     async fn del(&self, keys: &[String]) -> KvResult<()>;
     /// Keys with this prefix and their values (small key spaces only, e.g. revocations).
     async fn scan_prefix(&self, prefix: &str) -> KvResult<Vec<(String, Bytes)>>;
@@ -69,6 +73,10 @@ pub mod keys {
     }
     pub fn conversation_info(conversation_id: &str) -> String {
         format!("conv:info:{conversation_id}")
+    }
+    /// The conversation without the fields each new message changes.
+    pub fn conversation_meta(conversation_id: &str) -> String {
+        format!("conv:meta:{conversation_id}")
     }
     pub fn member(conversation_id: &str, user_id: i64) -> String {
         format!("conv:member:{conversation_id}:{user_id}")

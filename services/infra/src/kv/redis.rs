@@ -239,6 +239,30 @@ impl Kv for RedisKv {
         Ok(value.map(Bytes::from))
     }
 
+    async fn get_many(&self, keys: &[String]) -> KvResult<Vec<Option<Bytes>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut conn = self.conn.clone();
+        for chunk in keys.chunks(BATCH) {
+            let prefixed: Vec<String> = chunk.iter().map(|k| self.key(k)).collect();
+            // MGET of one key still answers with an array.
+            let values: Vec<Option<Vec<u8>>> = ::redis::cmd("MGET").arg(prefixed).query_async(&mut conn).await.map_err(backend("mget"))?;
+            out.extend(values.into_iter().map(|v| v.map(Bytes::from)));
+        }
+        Ok(out)
+    }
+
+    async fn set_many(&self, entries: &[(String, Bytes)], ttl: Duration) -> KvResult<()> {
+        let mut conn = self.conn.clone();
+        for chunk in entries.chunks(BATCH) {
+            let mut pipe = ::redis::pipe();
+            for (k, v) in chunk {
+                pipe.cmd("SET").arg(self.key(k)).arg(v.as_ref()).arg("PX").arg(px(ttl)).ignore();
+            }
+            pipe.exec_async(&mut conn).await.map_err(backend("set_many"))?;
+        }
+        Ok(())
+    }
+
     async fn del(&self, keys: &[String]) -> KvResult<()> {
         if keys.is_empty() {
             return Ok(());

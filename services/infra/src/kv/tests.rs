@@ -87,6 +87,27 @@ pub(crate) async fn set_get_del(kv: &dyn Kv) {
     assert_eq!(kv.get("y").await.expect("get"), None);
 }
 
+pub(crate) async fn get_many_and_set_many(kv: &dyn Kv) {
+    let long = Duration::from_secs(60);
+    assert!(kv.get_many(&[]).await.expect("mget nothing").is_empty());
+    kv.set_many(&[], long).await.expect("set nothing");
+    let entries: Vec<(String, Bytes)> = (0..1500).map(|i| (format!("m{i}"), Bytes::from(i.to_string()))).collect();
+    kv.set_many(&entries, long).await.expect("set many");
+    kv.set("bin", Bytes::from(vec![0u8, 255]), long).await.expect("set");
+    let keys: Vec<String> = ["m0", "nope", "m1499", "bin", "m0"].iter().map(|s| s.to_string()).collect();
+    let got = kv.get_many(&keys).await.expect("mget");
+    assert_eq!(
+        got,
+        vec![Some(b("0")), None, Some(b("1499")), Some(Bytes::from(vec![0u8, 255])), Some(b("0"))],
+        "one answer per key, in order"
+    );
+    let all: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+    assert!(kv.get_many(&all).await.expect("mget all").iter().zip(&entries).all(|(got, (_, v))| got.as_ref() == Some(v)));
+    kv.set_many(&[("m0".to_string(), b("x"))], Duration::from_millis(300)).await.expect("set with ttl");
+    sleep_ms(600).await;
+    assert_eq!(kv.get_many(&["m0".to_string(), "m1".to_string()]).await.expect("mget"), vec![None, Some(b("1"))], "ttl applies");
+}
+
 pub(crate) async fn scan_prefix_returns_only_matching_live_keys(kv: &dyn Kv) {
     let long = Duration::from_secs(60);
     kv.set("token:revoked:a", b("1"), long).await.expect("set");

@@ -122,6 +122,11 @@ pub trait Store: Send + Sync + 'static {
         conv_type: Option<i32>,
     ) -> StoreResult<Page<Conversation>>;
     async fn get_member(&self, conversation_id: &str, user_id: i64) -> StoreResult<Option<Member>>;
+    /// The conversations among `ids` that exist, in one query (any order).
+    async fn get_conversations(&self, ids: &[String]) -> StoreResult<Vec<Conversation>>;
+    /// The memberships among `keys` (conversation id, user id) that exist,
+    /// with `user` filled, in one query (any order).
+    async fn get_members(&self, keys: &[(String, i64)]) -> StoreResult<Vec<Member>>;
     /// Members with `user` filled, owner first then by join time; optional role filter.
     async fn list_members(&self, conversation_id: &str, offset: u32, limit: u32, role: Option<i32>) -> StoreResult<Page<Member>>;
     /// Member ids in ascending order after `after_user_id` (keyset paging for fan-out).

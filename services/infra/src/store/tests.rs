@@ -555,6 +555,60 @@ pub(crate) async fn client_ids_are_found_in_bulk(store: &dyn Store) {
     assert!(store.find_messages_by_client_ids(&[]).await.expect("empty").is_empty());
 }
 
+pub(crate) async fn conversations_and_members_are_read_in_bulk(store: &dyn Store) {
+    users(store, &[1, 2, 3]).await;
+    store.create_conversation(&group("g1", 1, T0), &[member(1, 3, T0), member(2, 1, T0)]).await.unwrap();
+    store.create_conversation(&group("g2", 3, T0), &[member(3, 3, T0)]).await.unwrap();
+    let ids: Vec<String> = ["g1", "g2", "nope", "'); --", "g1"].iter().map(|s| s.to_string()).collect();
+    let mut convs = store.get_conversations(&ids).await.unwrap();
+    convs.sort_by(|a, b| a.id.cmp(&b.id));
+    let one = |id: &'static str| async move { store.get_conversation(id).await.unwrap().unwrap() };
+    assert_eq!(convs, vec![one("g1").await, one("g2").await], "existing ones, each once, as read one by one");
+    assert!(store.get_conversations(&[]).await.unwrap().is_empty());
+
+    let keys: Vec<(String, i64)> =
+        [("g1", 1), ("g1", 2), ("g1", 3), ("g2", 3), ("nope", 1), ("G1", 1), ("g1", 2)].iter().map(|(c, u)| (c.to_string(), *u)).collect();
+    let mut found = store.get_members(&keys).await.unwrap();
+    found.sort_by(|a, b| (&a.conversation_id, a.user_id).cmp(&(&b.conversation_id, b.user_id)));
+    let mut expected = Vec::new();
+    for (c, u) in [("g1", 1), ("g1", 2), ("g2", 3)] {
+        expected.push(store.get_member(c, u).await.unwrap().unwrap());
+    }
+    assert_eq!(found, expected, "exact (conversation, user) pairs, with their users");
+    assert!(found.iter().all(|m| m.user.is_some()));
+    assert!(store.get_members(&[]).await.unwrap().is_empty());
+}
+
+pub(crate) async fn large_message_batches_are_saved_whole(store: &dyn Store) {
+    users(store, &[1, 2]).await;
+    store.create_conversation(&group("big1", 1, T0), &[member(1, 3, T0), member(2, 1, T0)]).await.unwrap();
+    store.create_conversation(&group("big2", 1, T0), &[member(1, 3, T0)]).await.unwrap();
+    // More rows than one insert statement carries, interleaved over two conversations.
+    let batch: Vec<Message> = (1..=1300i64)
+        .map(|i| Message {
+            id: 10_000 + i,
+            conversation_id: if i % 2 == 0 { "big1" } else { "big2" }.into(),
+            sender_id: 1 + i % 2,
+            message_type: 1,
+            content: format!("m{i}"),
+            seq_id: (i + 1) / 2,
+            client_msg_id: Some(format!("c{i}")),
+            created_at_ms: T0 + i,
+            ..Default::default()
+        })
+        .collect();
+    let out = store.save_messages(&batch).await.unwrap();
+    assert_eq!((out.inserted, out.duplicates), (1300, 0));
+    let again = store.save_messages(&batch[600..700]).await.unwrap();
+    assert_eq!((again.inserted, again.duplicates), (0, 100), "a redelivered slice inserts nothing");
+    for (id, last_id) in [("big1", 10_000 + 1300), ("big2", 10_000 + 1299)] {
+        let c = store.get_conversation(id).await.unwrap().unwrap();
+        assert_eq!((c.last_seq_id, c.last_message_id), (650, Some(last_id)), "{id} points at its newest message");
+    }
+    let page = store.history("big1", HistoryDirection::After(640), 100).await.unwrap();
+    assert_eq!(page.items.iter().map(|m| m.seq_id).collect::<Vec<_>>(), (641..=650).collect::<Vec<_>>());
+}
+
 pub(crate) async fn read_pointers_advance_in_bulk(store: &dyn Store) {
     users(store, &[1, 2]).await;
     let conv = Conversation { id: "g_bulk".into(), r#type: 2, created_at_ms: 1, updated_at_ms: 1, ..Default::default() };

@@ -202,20 +202,18 @@ fn to_i64(v: u64) -> Result<i64, BusError> {
 
 async fn write_batch(conn: &mut SqliteConnection, batch: &[LogRequest]) -> Result<(), BusError> {
     let mut tx = conn.begin().await.map_err(|e| storage("bus log begin", e))?;
+    let mut appends: Vec<(&str, u32, u64, &Entry)> = Vec::new();
     for op in batch.iter().flat_map(|r| r.ops.iter()) {
         let query = match op {
+            // Runs of appends go out as multi-row inserts (one round trip to
+            // the connection thread per run, not per record), in order with
+            // the other operations.
+            LogOp::Append { topic, partition, offset, entry } => {
+                appends.push((topic, *partition, *offset, entry));
+                continue;
+            }
             LogOp::Topic { topic, partitions } => {
                 sqlx::query("INSERT OR IGNORE INTO bus_topics (topic, partitions) VALUES (?, ?)").bind(topic).bind(i64::from(*partitions))
-            }
-            LogOp::Append { topic, partition, offset, entry } => {
-                sqlx::query("INSERT OR REPLACE INTO bus_records (topic, part, off, key, value, headers, ts) VALUES (?, ?, ?, ?, ?, ?, ?)")
-                    .bind(topic)
-                    .bind(i64::from(*partition))
-                    .bind(to_i64(*offset)?)
-                    .bind(&entry.key[..])
-                    .bind(&entry.value[..])
-                    .bind(encode_headers(&entry.headers))
-                    .bind(entry.timestamp_ms)
             }
             LogOp::Offset { group, topic, partition, next } => sqlx::query(
                 "INSERT INTO bus_offsets (grp, topic, part, next) VALUES (?, ?, ?, ?)
@@ -230,9 +228,39 @@ async fn write_batch(conn: &mut SqliteConnection, batch: &[LogRequest]) -> Resul
                 .bind(i64::from(*partition))
                 .bind(to_i64(*below)?),
         };
+        insert_records(&mut tx, &mut appends).await?;
         query.execute(&mut *tx).await.map_err(|e| storage("bus log write", e))?;
     }
+    insert_records(&mut tx, &mut appends).await?;
     tx.commit().await.map_err(|e| storage("bus log commit", e))
+}
+
+/// Records per insert statement: 7 bound values each, far below SQLite's
+/// 32,766 variables.
+const RECORD_ROWS: usize = 1000;
+
+/// Writes the collected appends and empties the list.
+async fn insert_records(conn: &mut SqliteConnection, appends: &mut Vec<(&str, u32, u64, &Entry)>) -> Result<(), BusError> {
+    for chunk in appends.chunks(RECORD_ROWS) {
+        let rows = chunk
+            .iter()
+            .map(|(topic, partition, offset, entry)| Ok((*topic, i64::from(*partition), to_i64(*offset)?, *entry)))
+            .collect::<Result<Vec<_>, BusError>>()?;
+        let mut q =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT OR REPLACE INTO bus_records (topic, part, off, key, value, headers, ts) ");
+        q.push_values(rows, |mut row, (topic, partition, offset, entry)| {
+            row.push_bind(topic)
+                .push_bind(partition)
+                .push_bind(offset)
+                .push_bind(&entry.key[..])
+                .push_bind(&entry.value[..])
+                .push_bind(encode_headers(&entry.headers))
+                .push_bind(entry.timestamp_ms);
+        });
+        q.build().persistent(false).execute(&mut *conn).await.map_err(|e| storage("bus log write", e))?;
+    }
+    appends.clear();
+    Ok(())
 }
 
 /// Topics in the log with their partition counts (bad rows are skipped).

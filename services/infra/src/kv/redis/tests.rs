@@ -67,6 +67,7 @@ kv_suite!(
     seq_incr_is_atomic,
     set_nx_holds_until_expiry,
     set_get_del,
+    get_many_and_set_many,
     scan_prefix_returns_only_matching_live_keys,
     scan_prefix_takes_glob_characters_literally,
     scan_prefix_sees_every_key_of_a_large_set_once,

@@ -5,7 +5,7 @@
 //! actually inserted or deleted, while that transaction holds the
 //! conversation row locked: it stays in step without a `COUNT(*)`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use gochat_proto::common::{Conversation, Member};
 use sqlx::{MySqlConnection, Row};
@@ -269,6 +269,48 @@ impl MySqlStore {
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(db_err)?;
         Ok(into_page(items, limit))
+    }
+
+    pub(super) async fn get_conversations_impl(&self, ids: &[String]) -> StoreResult<Vec<Conversation>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: BTreeSet<&String> = ids.iter().collect(); // each row once
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            conv_cols!("c"),
+            " FROM JSON_TABLE(?, '$[*]' COLUMNS (
+                   id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin PATH '$')) AS k
+             JOIN conversations c ON c.id = k.id"
+        ))
+        .bind(json(&ids)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(rows::conversation).collect::<Result<_, _>>().map_err(db_err)
+    }
+
+    pub(super) async fn get_members_impl(&self, keys: &[(String, i64)]) -> StoreResult<Vec<Member>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: BTreeSet<&(String, i64)> = keys.iter().collect(); // each row once
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            member_cols!("cm", ""),
+            ", ",
+            user_cols!("u", "u_"),
+            " FROM JSON_TABLE(?, '$[*]' COLUMNS (
+                   conversation_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin PATH '$[0]',
+                   user_id BIGINT PATH '$[1]')) AS k
+             JOIN conversation_members cm ON cm.conversation_id = k.conversation_id AND cm.user_id = k.user_id
+             LEFT JOIN users u ON u.id = cm.user_id"
+        ))
+        .bind(json(&keys)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(member_with_user).collect::<Result<_, _>>().map_err(db_err)
     }
 
     pub(super) async fn get_member_impl(&self, conversation_id: &str, user_id: i64) -> StoreResult<Option<Member>> {

@@ -325,6 +325,12 @@ impl Store for MySqlStore {
     async fn get_member(&self, conversation_id: &str, user_id: i64) -> StoreResult<Option<Member>> {
         self.get_member_impl(conversation_id, user_id).await
     }
+    async fn get_conversations(&self, ids: &[String]) -> StoreResult<Vec<Conversation>> {
+        self.get_conversations_impl(ids).await
+    }
+    async fn get_members(&self, keys: &[(String, i64)]) -> StoreResult<Vec<Member>> {
+        self.get_members_impl(keys).await
+    }
     async fn list_members(&self, conversation_id: &str, offset: u32, limit: u32, role: Option<i32>) -> StoreResult<Page<Member>> {
         self.list_members_impl(conversation_id, offset, limit, role).await
     }

@@ -5,11 +5,13 @@
 //! actually inserted or deleted, so it stays in step without a `COUNT(*)`
 //! (which would scan the whole world room on every join).
 
+use std::collections::BTreeSet;
+
 use gochat_proto::common::{Conversation, Member};
 use sqlx::{Row, SqliteConnection};
 
 use super::rows::{self, conv_cols, member_cols, message_cols, user_cols};
-use super::{SqliteStore, check_len, db_err, into_page, is_unique_violation, page_limit};
+use super::{SqliteStore, check_len, db_err, into_page, is_unique_violation, json, page_limit};
 use crate::store::{Page, StoreError, StoreResult};
 
 /// `VARCHAR(64)` in MySQL, for both the id and the pair key.
@@ -224,6 +226,43 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(db_err)?;
         Ok(into_page(items, limit))
+    }
+
+    pub(super) async fn get_conversations_impl(&self, ids: &[String]) -> StoreResult<Vec<Conversation>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: BTreeSet<&String> = ids.iter().collect(); // each row once
+        let rows = sqlx::query(concat!("SELECT ", conv_cols!("c"), " FROM conversations c WHERE c.id IN (SELECT value FROM json_each(?))"))
+            .bind(json(&ids)?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(rows::conversation).collect::<Result<_, _>>().map_err(db_err)
+    }
+
+    pub(super) async fn get_members_impl(&self, keys: &[(String, i64)]) -> StoreResult<Vec<Member>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: BTreeSet<&(String, i64)> = keys.iter().collect(); // each row once
+        // One JSON array of [conversation_id, user_id] pairs, each looked up
+        // through uk_members_user_conv.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            member_cols!("cm", ""),
+            ", ",
+            user_cols!("u", "u_"),
+            " FROM json_each(?) k
+             JOIN conversation_members cm
+               ON cm.user_id = json_extract(k.value, '$[1]') AND cm.conversation_id = json_extract(k.value, '$[0]')
+             LEFT JOIN users u ON u.id = cm.user_id"
+        ))
+        .bind(json(&keys)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(member_with_user).collect::<Result<_, _>>().map_err(db_err)
     }
 
     pub(super) async fn get_member_impl(&self, conversation_id: &str, user_id: i64) -> StoreResult<Option<Member>> {

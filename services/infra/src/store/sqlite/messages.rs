@@ -3,11 +3,11 @@
 use std::collections::BTreeSet;
 
 use gochat_proto::common::Message;
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::rows::{self, message_cols, user_cols};
-use super::{SqliteStore, check_len, db_err, into_page, page_limit};
-use crate::store::{HistoryDirection, Page, SaveOutcome, StoreError, StoreResult};
+use super::{SqliteStore, check_len, db_err, into_page, json, page_limit};
+use crate::store::{HistoryDirection, Page, SaveOutcome, StoreResult};
 
 /// `VARCHAR(64)` in MySQL.
 const MAX_CLIENT_MSG_ID: usize = 64;
@@ -19,12 +19,24 @@ fn message_with_sender(row: &sqlx::sqlite::SqliteRow) -> Result<Message, sqlx::E
     Ok(m)
 }
 
+/// The upsert tail that only ever moves a read pointer forward.
+macro_rules! pointer_conflict {
+    () => {
+        " ON CONFLICT (user_id, conversation_id) DO UPDATE
+          SET last_read_seq_id = excluded.last_read_seq_id, updated_at = excluded.updated_at
+          WHERE excluded.last_read_seq_id > user_read_pointers.last_read_seq_id"
+    };
+}
 /// Moves a read pointer forward, never back (binds: user, conversation, seq, now).
-const ADVANCE_POINTER: &str = "INSERT INTO user_read_pointers (user_id, conversation_id, last_read_seq_id, updated_at)
-     VALUES (?, ?, ?, ?)
-     ON CONFLICT (user_id, conversation_id) DO UPDATE
-     SET last_read_seq_id = excluded.last_read_seq_id, updated_at = excluded.updated_at
-     WHERE excluded.last_read_seq_id > user_read_pointers.last_read_seq_id";
+const ADVANCE_POINTER: &str = concat!(
+    "INSERT INTO user_read_pointers (user_id, conversation_id, last_read_seq_id, updated_at) VALUES (?, ?, ?, ?)",
+    pointer_conflict!()
+);
+const POINTER_CONFLICT: &str = pointer_conflict!();
+/// Rows per multi-row statement: 11 and 4 bound values per row stay far
+/// below SQLite's 32,766 variables.
+const MESSAGE_ROWS: usize = 500;
+const POINTER_ROWS: usize = 1000;
 
 impl SqliteStore {
     pub(super) async fn save_messages_impl(&self, messages: &[Message]) -> StoreResult<SaveOutcome> {
@@ -38,55 +50,55 @@ impl SqliteStore {
             return Ok(outcome);
         }
         let mut tx = self.begin_write().await?;
-        for m in messages {
+        // A few statements per batch, not per message: each statement is a
+        // round trip to sqlx's connection thread.
+        for chunk in messages.chunks(MESSAGE_ROWS) {
             // The conflict target is only (conversation_id, seq_id): a
             // redelivered message is skipped, while a different message
             // reusing an id still fails loudly on the primary key.
-            let done = sqlx::query(
+            let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO messages (id, conversation_id, sender_id, message_type, content, seq_id,
-                     client_msg_id, deleted, extra, created_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (conversation_id, seq_id) DO NOTHING",
-            )
-            .bind(m.id)
-            .bind(&m.conversation_id)
-            .bind(m.sender_id)
-            .bind(m.message_type)
-            .bind(&m.content)
-            .bind(m.seq_id)
-            .bind(m.client_msg_id.as_deref())
-            .bind(m.deleted)
-            .bind(m.extra.as_deref())
-            .bind(m.created_at_ms)
-            .bind(m.created_at_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            if done.rows_affected() == 1 {
-                outcome.inserted += 1;
-            } else {
-                outcome.duplicates += 1;
-            }
+                     client_msg_id, deleted, extra, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut row, m| {
+                row.push_bind(m.id)
+                    .push_bind(&m.conversation_id)
+                    .push_bind(m.sender_id)
+                    .push_bind(m.message_type)
+                    .push_bind(&m.content)
+                    .push_bind(m.seq_id)
+                    .push_bind(m.client_msg_id.as_deref())
+                    .push_bind(m.deleted)
+                    .push_bind(m.extra.as_deref())
+                    .push_bind(m.created_at_ms)
+                    .push_bind(m.created_at_ms);
+            });
+            q.push(" ON CONFLICT (conversation_id, seq_id) DO NOTHING");
+            let done = q.build().persistent(false).execute(&mut *tx).await.map_err(db_err)?;
+            // At most MESSAGE_ROWS: fits u32.
+            let rows = chunk.len() as u32;
+            let inserted = u32::try_from(done.rows_affected()).unwrap_or(rows).min(rows);
+            outcome.inserted += inserted;
+            outcome.duplicates += rows - inserted;
         }
         // Move each touched conversation to its highest *stored* message.
         // Reading it back from the table (not from the batch) makes batches
         // arriving out of order harmless: the guard `m.seq_id > last_seq_id`
         // only ever moves the pointer forward.
         let conversations: BTreeSet<&str> = messages.iter().map(|m| m.conversation_id.as_str()).collect();
-        for conv in conversations {
-            sqlx::query(
-                "UPDATE conversations
-                 SET last_seq_id = m.seq_id, last_message_id = m.id, updated_at = max(conversations.updated_at, m.created_at)
-                 FROM (SELECT id, seq_id, created_at FROM messages
-                       WHERE conversation_id = ? ORDER BY seq_id DESC LIMIT 1) AS m
-                 WHERE conversations.id = ? AND m.seq_id > conversations.last_seq_id",
-            )
-            .bind(conv)
-            .bind(conv)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
+        let ids = json(&conversations)?;
+        sqlx::query(
+            "UPDATE conversations
+             SET last_seq_id = m.seq_id, last_message_id = m.id, updated_at = max(conversations.updated_at, m.created_at)
+             FROM (SELECT c.value AS cid, (SELECT max(seq_id) FROM messages WHERE conversation_id = c.value) AS top
+                   FROM json_each(?) AS c) AS t
+             JOIN messages AS m ON m.conversation_id = t.cid AND m.seq_id = t.top
+             WHERE conversations.id = t.cid AND m.seq_id > conversations.last_seq_id",
+        )
+        .bind(ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -150,7 +162,7 @@ impl SqliteStore {
         }
         // The pairs travel as one JSON array; each is looked up through the
         // (sender_id, client_msg_id) index.
-        let json = serde_json::to_string(keys).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let keys_json = json(keys)?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             message_cols!("m", ""),
@@ -158,7 +170,7 @@ impl SqliteStore {
                ON m.sender_id = json_extract(k.value, '$[0]') AND m.client_msg_id = json_extract(k.value, '$[1]')
              ORDER BY m.created_at, m.id"
         ))
-        .bind(json)
+        .bind(keys_json)
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
@@ -179,15 +191,14 @@ impl SqliteStore {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        for (user_id, conversation_id, seq_id) in pointers {
-            sqlx::query(ADVANCE_POINTER)
-                .bind(user_id)
-                .bind(conversation_id)
-                .bind(seq_id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+        for chunk in pointers.chunks(POINTER_ROWS) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO user_read_pointers (user_id, conversation_id, last_read_seq_id, updated_at) ");
+            q.push_values(chunk, |mut row, (user_id, conversation_id, seq_id)| {
+                row.push_bind(user_id).push_bind(conversation_id).push_bind(seq_id).push_bind(now_ms);
+            });
+            q.push(POINTER_CONFLICT);
+            q.build().persistent(false).execute(&mut *tx).await.map_err(db_err)?;
         }
         tx.commit().await?;
         Ok(())

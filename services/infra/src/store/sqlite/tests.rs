@@ -57,6 +57,8 @@ store_suite!(
     revocations_expire_and_keep_the_later_expiry,
     read_pointers_advance_in_bulk,
     client_ids_are_found_in_bulk,
+    conversations_and_members_are_read_in_bulk,
+    large_message_batches_are_saved_whole,
 );
 
 #[tokio::test]

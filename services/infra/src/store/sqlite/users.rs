@@ -4,7 +4,7 @@ use gochat_proto::common::User;
 use sqlx::Row;
 
 use super::rows::{self, user_cols};
-use super::{SqliteStore, check_len, db_err, is_unique_violation};
+use super::{SqliteStore, check_len, db_err, is_unique_violation, json};
 use crate::store::{Conflict, StoreError, StoreResult};
 
 /// `VARCHAR(50)` in MySQL.
@@ -38,7 +38,7 @@ impl SqliteStore {
         .bind(user.status)
         .bind(user.created_at_ms)
         .bind(user.updated_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match inserted {
             Ok(_) => {}
@@ -63,7 +63,7 @@ impl SqliteStore {
         }
         // One statement for any number of ids: the list travels as a JSON
         // array, not as SQL text (and never hits the bound-parameter limit).
-        let ids_json = serde_json::to_string(ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let ids_json = json(ids)?;
         let rows = sqlx::query(concat!("SELECT ", user_cols!("u", ""), " FROM users u WHERE u.id IN (SELECT value FROM json_each(?))"))
             .bind(ids_json)
             .fetch_all(&self.pool)
@@ -94,7 +94,7 @@ impl SqliteStore {
             .bind(avatar_url)
             .bind(now_ms)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_err)?;
         if updated.rows_affected() == 0 {
