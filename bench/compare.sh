@@ -188,6 +188,10 @@ writeloop() {
         || { cat "$OUT/write-loop-$n.out" >&2; die "write-loop failed"; }
     R["wl|$n"]=$(calc "$(jget cpu_us_per_delivery "$OUT/write-loop-$n.json")" 2)
     log "  ${R["wl|$n"]} µs CPU per write(2)"
+    "$BIN/write-loop" --uring --sockets "$n" --messages "$msgs" --json "$OUT/write-loop-uring-$n.json" > "$OUT/write-loop-uring-$n.out" 2>&1 \
+        || { cat "$OUT/write-loop-uring-$n.out" >&2; die "write-loop --uring failed"; }
+    R["wlu|$n"]=$(calc "$(jget cpu_us_per_delivery "$OUT/write-loop-uring-$n.json")" 2)
+    log "  ${R["wlu|$n"]} µs CPU per send batched through io_uring"
 }
 
 # --- runs -----------------------------------------------------------------------
@@ -211,14 +215,14 @@ B=${ROOM_VARIANTS##* }  # the baseline variant the room runs used
 echo
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), kernel $(uname -r); engine shards: $SHARDS"
 echo
-echo "| scenario | metric | engine | baseline (default buffers) | baseline (4 KiB buffers) | engine / baseline | engine / baseline-4k | write(2) loop |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| scenario | metric | engine | baseline (default buffers) | baseline (4 KiB buffers) | engine / baseline | engine / baseline-4k | write(2) loop | io_uring loop |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for n in $IDLE_COUNTS; do
     e=$(get "rss|$n|engine"); b=$(get "rss|$n|baseline"); s=$(get "rss|$n|baseline-4k")
-    echo "| $n idle connections | RSS per connection (bytes) | $e | $b | $s | $(ratio "$e" "$b") | $(ratio "$e" "$s") | |"
+    echo "| $n idle connections | RSS per connection (bytes) | $e | $b | $s | $(ratio "$e" "$b") | $(ratio "$e" "$s") | | |"
     e=$(get "hs|$n|engine"); b=$(get "hs|$n|baseline"); s=$(get "hs|$n|baseline-4k")
-    echo "| $n idle connections | handshakes/s (loadgen) | $e | $b | $s | $(ratio "$e" "$b") | $(ratio "$e" "$s") | |"
-    echo "| $n idle connections | established | $(get "est|$n|engine") | $(get "est|$n|baseline") | $(get "est|$n|baseline-4k") | | | |"
+    echo "| $n idle connections | handshakes/s (loadgen) | $e | $b | $s | $(ratio "$e" "$b") | $(ratio "$e" "$s") | | |"
+    echo "| $n idle connections | established | $(get "est|$n|engine") | $(get "est|$n|baseline") | $(get "est|$n|baseline-4k") | | | | |"
 done
 col() { # col METRIC KEY: engine, baseline, baseline-4k cells
     local c
@@ -226,18 +230,18 @@ col() { # col METRIC KEY: engine, baseline, baseline-4k cells
 }
 for key in "${ROOMS[@]}"; do
     m=${key%@*}; r=${key#*@}; name="room $m members, $r msg/s"
-    wl=$(get "wl|$m")
+    wl=$(get "wl|$m"); wlu=$(get "wlu|$m")
     e=$(get "rcpu|$key|engine")
-    echo "| $name | **gateway CPU-µs per delivered message** $(col rcpu "$key")| $(ratio "$e" "$(get "rcpu|$key|baseline")") | $(ratio "$e" "$(get "rcpu|$key|baseline-4k")") | $wl |"
+    echo "| $name | **gateway CPU-µs per delivered message** $(col rcpu "$key")| $(ratio "$e" "$(get "rcpu|$key|baseline")") | $(ratio "$e" "$(get "rcpu|$key|baseline-4k")") | $wl | $wlu |"
     e=$(get "cpu|$key|engine")
-    echo "| $name | CPU-µs per delivery handed out (server count, window) $(col cpu "$key")| $(ratio "$e" "$(get "cpu|$key|baseline")") | $(ratio "$e" "$(get "cpu|$key|baseline-4k")") | $wl |"
+    echo "| $name | CPU-µs per delivery handed out (server count, window) $(col cpu "$key")| $(ratio "$e" "$(get "cpu|$key|baseline")") | $(ratio "$e" "$(get "cpu|$key|baseline-4k")") | $wl | $wlu |"
     for v in engine baseline baseline-4k; do if isnum "$(get "rcpu|$key|$v")"; then R["rdcpu|$key|$v"]=$(ratio 1000000 "$(get "rcpu|$key|$v")"); fi; done
     e=$(get "rdcpu|$key|engine")
-    echo "| $name | delivered messages per CPU-second $(col rdcpu "$key")| $(ratio "$e" "$(get "rdcpu|$key|baseline")") | $(ratio "$e" "$(get "rdcpu|$key|baseline-4k")") | $(ratio 1000000 "$wl") |"
-    echo "| $name | deliveries/s (server) $(col dps "$key")| | | |"
-    echo "| $name | deliveries/s (loadgen, received) $(col ldps "$key")| | | |"
-    echo "| $name | p99 send→deliver (ms) $(col p99 "$key")| $(ratio "$(get "p99|$key|engine")" "$(get "p99|$key|baseline")") | $(ratio "$(get "p99|$key|engine")" "$(get "p99|$key|baseline-4k")") | |"
-    echo "| $name | lost $(col lost "$key")| | | |"
+    echo "| $name | delivered messages per CPU-second $(col rdcpu "$key")| $(ratio "$e" "$(get "rdcpu|$key|baseline")") | $(ratio "$e" "$(get "rdcpu|$key|baseline-4k")") | $(ratio 1000000 "$wl") | $(ratio 1000000 "$wlu") |"
+    echo "| $name | deliveries/s (server) $(col dps "$key")| | | | |"
+    echo "| $name | deliveries/s (loadgen, received) $(col ldps "$key")| | | | |"
+    echo "| $name | p99 send→deliver (ms) $(col p99 "$key")| $(ratio "$(get "p99|$key|engine")" "$(get "p99|$key|baseline")") | $(ratio "$(get "p99|$key|engine")" "$(get "p99|$key|baseline-4k")") | | |"
+    echo "| $name | lost $(col lost "$key")| | | | |"
 done
 echo
 echo "Logs and loadgen JSON: $OUT"

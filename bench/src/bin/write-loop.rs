@@ -3,6 +3,8 @@
 //! and drains, so each process holds only N descriptors), then writes one
 //! ~200-byte WebSocket text frame to each socket M times, one `write(2)` per
 //! delivery, and reports the writing thread's CPU time per delivery.
+//! `--uring` submits each round's sends through one io_uring instead
+//! (`--batch` SQEs per `io_uring_enter`): the floor of batched submission.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

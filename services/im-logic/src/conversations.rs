@@ -203,7 +203,7 @@ impl Logic {
                 timestamp_ms: now_ms(),
             };
             self.bus.produce(vec![codec::encode(gochat_infra::bus::topics::MESSAGE_EVENTS, conv.id.clone(), &event, &trace)]).await?;
-            if conv.r#type == WORLD || conv.member_count as u64 > self.config.get().chat.large_group_threshold {
+            if self.is_large(conv) {
                 return Ok(());
             }
             let others: Vec<i64> = self.all_member_ids(&conv.id).await?.into_iter().filter(|id| *id != user_id).collect();

@@ -19,6 +19,7 @@
 //! message; `POST …/messages` is a batch of one.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gochat_infra::bus::topics;
@@ -46,6 +47,8 @@ pub(crate) struct Draft {
     ack: Option<AckRoute>,
     exclude_conn: String,
     trace_id: String,
+    /// The conversation's members, when the batch read them.
+    member_ids: Option<Arc<Vec<i64>>>,
 }
 
 /// The outcome of [`Logic::prepare`].
@@ -120,11 +123,29 @@ impl Logic {
         let (stored, convs, members, users) =
             tokio::join!(self.stored_client_ids(requests), convs, members, self.users(user_ids.into_iter().collect()));
         let views = match (convs, members, users) {
-            (Ok(c), Ok(m), Ok(u)) => Some(Views {
-                convs: c.conversations.into_iter().map(|c| (c.id.clone(), c)).collect(),
-                members: m.members.into_iter().map(|m| ((m.conversation_id.clone(), m.user_id), m)).collect(),
-                users: u.into_iter().map(|u| (u.id, u)).collect(),
-            }),
+            (Ok(c), Ok(m), Ok(u)) => {
+                let convs: HashMap<String, Conversation> = c.conversations.into_iter().map(|c| (c.id.clone(), c)).collect();
+                // The push reads small conversations' member lists: those too, in one call.
+                let small: Vec<String> = convs.values().filter(|c| !self.is_large(c)).map(|c| c.id.clone()).collect();
+                let member_ids = if small.is_empty() {
+                    HashMap::new()
+                } else {
+                    match rpc(self.repo.get_member_id_lists(Request::new(ConversationIds { conversation_ids: small }))).await {
+                        Ok(l) => l.lists.into_iter().map(|l| (l.conversation_id, Arc::new(l.user_ids))).collect(),
+                        // Not needed for the checks: each push then reads its own list.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "batched member lists failed; each push reads its own");
+                            HashMap::new()
+                        }
+                    }
+                };
+                Some(Views {
+                    convs,
+                    members: m.members.into_iter().map(|m| ((m.conversation_id.clone(), m.user_id), m)).collect(),
+                    users: u.into_iter().map(|u| (u.id, u)).collect(),
+                    member_ids,
+                })
+            }
             (c, m, u) => {
                 let e = [c.err(), m.err(), u.err()].into_iter().flatten().next();
                 tracing::warn!(error = ?e, "batched reads failed; each message reads on its own");
@@ -304,12 +325,14 @@ impl Logic {
             created_at_ms: now_ms(),
             sender,
         };
+        let member_ids = views.and_then(|v| v.member_ids.get(&conv.id).cloned());
         Ok(Prepared::Fresh(Box::new(Draft {
             conv,
             message,
             ack,
             exclude_conn: r.conn_id.unwrap_or_default(),
             trace_id: trace_id.to_string(),
+            member_ids,
         })))
     }
 
@@ -339,7 +362,7 @@ impl Logic {
     /// fails: a message that is stored is sent, and what cannot be pushed is
     /// fetched by clients with `?after=`.
     async fn finish(&self, d: Draft, path: &str) -> Message {
-        let Draft { conv, message, ack, exclude_conn, trace_id } = d;
+        let Draft { conv, message, ack, exclude_conn, trace_id, member_ids } = d;
         if let Some(cid) = &message.client_msg_id {
             let rec = IdempotencyRecord {
                 user_id: message.sender_id,
@@ -357,7 +380,7 @@ impl Logic {
         }
         self.metrics.messages_sent.with_label_values(&[path]).inc();
         let payload = Payload::Message(message.clone());
-        let large = conv.r#type == WORLD || conv.member_count as u64 > self.config.get().chat.large_group_threshold;
+        let large = self.is_large(&conv);
         let pushed: AppResult<()> = async {
             if large {
                 let task = FanoutTask { message: Some(message.clone()), exclude_user_ids: vec![], exclude_conn_id: exclude_conn.clone() };
@@ -366,7 +389,10 @@ impl Logic {
                     push::push(self.bus.as_ref(), &conv.id, &trace_id, &[], &payload, &exclude_conn, Some(ack)).await?;
                 }
             } else {
-                let members = self.all_member_ids(&conv.id).await?;
+                let members = match member_ids {
+                    Some(ids) => ids,
+                    None => Arc::new(self.all_member_ids(&conv.id).await?),
+                };
                 let presence = self.presence_of(&members).await?;
                 push::push(self.bus.as_ref(), &conv.id, &trace_id, &presence, &payload, &exclude_conn, ack.as_ref()).await?;
             }
@@ -421,6 +447,12 @@ impl Logic {
     }
 
     /// Every member id of a (small) conversation.
+    /// The world room and groups over `chat.large_group_threshold` members:
+    /// pushed by im-task's fan-out, not inline.
+    pub(crate) fn is_large(&self, conv: &Conversation) -> bool {
+        conv.r#type == WORLD || conv.member_count as u64 > self.config.get().chat.large_group_threshold
+    }
+
     pub(crate) async fn all_member_ids(&self, conversation_id: &str) -> AppResult<Vec<i64>> {
         let mut ids = Vec::new();
         let mut after = 0;
@@ -456,6 +488,8 @@ struct Views {
     convs: HashMap<String, Conversation>,
     members: HashMap<(String, i64), Member>,
     users: HashMap<i64, User>,
+    /// Whole member-id lists of the small conversations.
+    member_ids: HashMap<String, Arc<Vec<i64>>>,
 }
 
 impl Views {

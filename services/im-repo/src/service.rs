@@ -336,6 +336,36 @@ impl Repo for RepoService {
         ok(Members { members })
     }
 
+    async fn get_member_id_lists(&self, req: Request<ConversationIds>) -> R<MemberIdLists> {
+        let mut ids = req.into_inner().conversation_ids;
+        check_batch(ids.len())?;
+        ids.sort_unstable();
+        ids.dedup();
+        // The same cache entries as ListMemberIds' whole first page.
+        let cache_keys: Vec<String> = ids.iter().map(|id| keys::member_ids(id)).collect();
+        let mut lists = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for (id, value) in ids.into_iter().zip(self.kv.get_many(&cache_keys).await.map_err(kv_err)?) {
+            match value.and_then(|b| MemberIdPage::decode(b.as_ref()).ok()).filter(|p| !p.has_more) {
+                Some(page) => lists.push(MemberIdList { conversation_id: id, user_ids: page.user_ids }),
+                None => missing.push(id),
+            }
+        }
+        if !missing.is_empty() {
+            let found = self.store.member_id_lists(&missing, MEMBER_IDS_CACHE_MAX as u32).await.map_err(db)?;
+            let fill: Vec<(String, Bytes)> = found
+                .iter()
+                .map(|(id, user_ids)| {
+                    let page = MemberIdPage { user_ids: user_ids.clone(), has_more: false };
+                    (keys::member_ids(id), Bytes::from(page.encode_to_vec()))
+                })
+                .collect();
+            self.kv.set_many(&fill, CONV_CACHE_TTL).await.map_err(kv_err)?;
+            lists.extend(found.into_iter().map(|(conversation_id, user_ids)| MemberIdList { conversation_id, user_ids }));
+        }
+        ok(MemberIdLists { lists })
+    }
+
     async fn list_members(&self, req: Request<ListMembersRequest>) -> R<MemberPage> {
         let r = req.into_inner();
         let size = limit(r.size, 50, 200);

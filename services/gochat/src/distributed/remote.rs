@@ -267,6 +267,7 @@ forward!(RemoteRepo: repo::repo_server::Repo, RepoClient, repo {
     list_user_conversations(ListUserConversationsRequest) -> ConversationPage: retry;
     get_member(MemberKey) -> common::Member: retry;
     get_members(repo::MemberKeys) -> repo::Members: retry;
+    get_member_id_lists(repo::ConversationIds) -> repo::MemberIdLists: retry;
     list_members(repo::ListMembersRequest) -> MemberPage: retry;
     list_member_ids(ListMemberIdsRequest) -> MemberIdPage: retry;
     add_members(repo::AddMembersRequest) -> AddMembersResponse: once;

@@ -81,6 +81,19 @@ pub enum HistoryDirection {
     After(i64),
 }
 
+/// `(conversation, user)` rows ordered by conversation then user, as one
+/// list per conversation (a conversation without rows is absent).
+pub(crate) fn group_member_ids(rows: Vec<(String, i64)>) -> Vec<(String, Vec<i64>)> {
+    let mut out: Vec<(String, Vec<i64>)> = Vec::new();
+    for (conv, user) in rows {
+        match out.last_mut() {
+            Some((c, ids)) if *c == conv => ids.push(user),
+            _ => out.push((conv, vec![user])),
+        }
+    }
+    out
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // ---- users -------------------------------------------------------------
@@ -127,6 +140,10 @@ pub trait Store: Send + Sync + 'static {
     /// The memberships among `keys` (conversation id, user id) that exist,
     /// with `user` filled, in one query (any order).
     async fn get_members(&self, keys: &[(String, i64)]) -> StoreResult<Vec<Member>>;
+    /// The whole member-id lists (ascending) of the conversations among `ids`
+    /// that exist and have at most `max_members` members, in one query; the
+    /// others are left out (page those with `list_member_ids`).
+    async fn member_id_lists(&self, ids: &[String], max_members: u32) -> StoreResult<Vec<(String, Vec<i64>)>>;
     /// Members with `user` filled, owner first then by join time; optional role filter.
     async fn list_members(&self, conversation_id: &str, offset: u32, limit: u32, role: Option<i32>) -> StoreResult<Page<Member>>;
     /// Member ids in ascending order after `after_user_id` (keyset paging for fan-out).

@@ -577,6 +577,13 @@ pub(crate) async fn conversations_and_members_are_read_in_bulk(store: &dyn Store
     assert_eq!(found, expected, "exact (conversation, user) pairs, with their users");
     assert!(found.iter().all(|m| m.user.is_some()));
     assert!(store.get_members(&[]).await.unwrap().is_empty());
+
+    store.create_conversation(&group("empty", 1, T0), &[]).await.unwrap();
+    let asked: Vec<String> = ["g2", "g1", "nope", "empty", "g1"].iter().map(|s| s.to_string()).collect();
+    let lists = store.member_id_lists(&asked, 2).await.unwrap();
+    assert_eq!(lists, vec![("g1".to_string(), vec![1, 2]), ("g2".to_string(), vec![3])], "whole lists, ascending, once each");
+    assert_eq!(store.member_id_lists(&asked, 1).await.unwrap(), vec![("g2".to_string(), vec![3])], "larger conversations are left out");
+    assert!(store.member_id_lists(&[], 10).await.unwrap().is_empty());
 }
 
 pub(crate) async fn large_message_batches_are_saved_whole(store: &dyn Store) {

@@ -331,6 +331,9 @@ impl Store for MySqlStore {
     async fn get_members(&self, keys: &[(String, i64)]) -> StoreResult<Vec<Member>> {
         self.get_members_impl(keys).await
     }
+    async fn member_id_lists(&self, ids: &[String], max_members: u32) -> StoreResult<Vec<(String, Vec<i64>)>> {
+        self.member_id_lists_impl(ids, max_members).await
+    }
     async fn list_members(&self, conversation_id: &str, offset: u32, limit: u32, role: Option<i32>) -> StoreResult<Page<Member>> {
         self.list_members_impl(conversation_id, offset, limit, role).await
     }

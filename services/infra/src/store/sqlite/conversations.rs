@@ -265,6 +265,26 @@ impl SqliteStore {
         rows.iter().map(member_with_user).collect::<Result<_, _>>().map_err(db_err)
     }
 
+    pub(super) async fn member_id_lists_impl(&self, ids: &[String], max_members: u32) -> StoreResult<Vec<(String, Vec<i64>)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: BTreeSet<&String> = ids.iter().collect();
+        let rows = sqlx::query(
+            "SELECT cm.conversation_id, cm.user_id FROM conversations c
+             JOIN conversation_members cm ON cm.conversation_id = c.id
+             WHERE c.id IN (SELECT value FROM json_each(?)) AND c.member_count <= ?
+             ORDER BY cm.conversation_id, cm.user_id",
+        )
+        .bind(json(&ids)?)
+        .bind(i64::from(max_members))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let pairs = rows.iter().map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?))).collect::<Result<Vec<_>, sqlx::Error>>();
+        Ok(crate::store::group_member_ids(pairs.map_err(db_err)?))
+    }
+
     pub(super) async fn get_member_impl(&self, conversation_id: &str, user_id: i64) -> StoreResult<Option<Member>> {
         let row = sqlx::query(SELECT_MEMBER).bind(conversation_id).bind(user_id).fetch_optional(&self.pool).await.map_err(db_err)?;
         row.map(|r| member_with_user(&r)).transpose().map_err(db_err)
