@@ -141,11 +141,26 @@ impl Conn {
     /// which then reports errors as usual. Limits and ordering are unchanged:
     /// anything already queued goes first, a frame over the limit closes with 1013.
     pub fn push_text_now(&self, core: &Core, wire: Bytes, payload: u32) -> bool {
-        let fd = self.fd.get();
-        if fd < 0 || self.is_closing() || wire.len() > core.max_outbound.get() || !self.out.borrow().is_empty() {
+        let Some(fd) = self.direct_fd(core, wire.len()) else {
             return self.push_text(core, wire, payload);
-        }
-        match crate::platform::send_nonblocking(fd, &wire) {
+        };
+        let sent = crate::platform::send_nonblocking(fd, &wire);
+        self.direct_sent(core, wire, payload, sent)
+    }
+
+    /// The socket to write a `len`-byte frame to directly, if that keeps the
+    /// order and the limits: open, not closing, nothing queued, within the
+    /// outbound limit.
+    pub(crate) fn direct_fd(&self, core: &Core, len: usize) -> Option<RawFd> {
+        let fd = self.fd.get();
+        (fd >= 0 && !self.is_closing() && len <= core.max_outbound.get() && self.out.borrow().is_empty()).then_some(fd)
+    }
+
+    /// Settles a direct write of `wire` to [`Self::direct_fd`]: an unsent
+    /// remainder (or the whole frame, after an error such as `EAGAIN`) is
+    /// queued for the connection task.
+    pub(crate) fn direct_sent(&self, core: &Core, wire: Bytes, payload: u32, sent: std::io::Result<usize>) -> bool {
+        match sent {
             Ok(n) if n == wire.len() => {
                 ShardCounters::add(&core.stats.frames_out, 1);
                 ShardCounters::add(&core.stats.bytes_out, u64::from(payload));

@@ -123,6 +123,53 @@ fn direct_delivery_writes_an_idle_socket_and_queues_behind_pending_frames() {
 }
 
 #[test]
+fn one_deliver_writes_its_idle_targets_in_one_batch_and_queues_the_rest() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (core, _) = setup(1000);
+    assert!(core.batches_sends(), "io_uring is available here (the engine checks the kernel at start)");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut peers = Vec::new();
+    let mut servers = Vec::new();
+    let mut conns = Vec::new();
+    // More targets than one submission carries, so the batch is chunked.
+    let n = 300u64;
+    for user in 0..n {
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let info = |id| ConnInfo { id, user_id: user, tag: 0, shard: 0, peer: SocketAddr::from(([127, 0, 0, 1], 1)) };
+        let c = core.register(|id| Conn::new(info(id), 0)).unwrap();
+        c.fd.set(server.as_raw_fd());
+        peers.push(peer);
+        servers.push(server);
+        conns.push(c);
+    }
+    // User 1 has a frame pending: the new one must queue behind it. User 2
+    // is not open yet, user 3 is closing, user 4 is the excluded sender.
+    assert!(conns[1].push_text(&core, text("first"), 5));
+    conns[2].fd.set(-1);
+    conns[3].request_close(&core, 1000, "bye", false);
+    let users: Arc<[u64]> = (0..n).collect();
+    let exclude = Some(conns[4].info.id);
+    core.apply(Command::Deliver { users, exclude, wire: text("hello"), payload: 5 }, true);
+
+    let written: Vec<usize> = (0..n as usize).filter(|i| ![1, 2, 3, 4].contains(i)).collect();
+    for &i in &written {
+        let mut got = vec![0; text("hello").len()];
+        peers[i].read_exact(&mut got).unwrap();
+        assert_eq!(got, text("hello"), "target {i} got the frame at once");
+        assert!(queued(&conns[i]).is_empty());
+    }
+    assert_eq!(queued(&conns[1]), vec![text("first"), text("hello")], "order kept behind a pending frame");
+    assert_eq!(queued(&conns[2]), vec![text("hello")], "not open yet: queued");
+    assert_eq!(queued(&conns[3]), vec![codec::encode_close(Some(1000), "bye")], "closing: nothing more");
+    assert!(queued(&conns[4]).is_empty(), "the sender's connection is excluded");
+    let snap = core.stats.snapshot(0);
+    assert_eq!(snap.frames_out, written.len() as u64);
+    assert_eq!(snap.bytes_out, 5 * written.len() as u64);
+}
+
+#[test]
 fn idle_connection_task_stays_small() {
     struct H;
     impl Handler for H {

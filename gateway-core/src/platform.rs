@@ -81,6 +81,61 @@ pub(crate) fn send_nonblocking(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> 
     if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
+/// One non-blocking `send` SQE per socket (at most the ring's free
+/// entries), submitted and reaped in one `io_uring_enter`; `results` gets
+/// one entry per socket, in order (one not submitted stays `WouldBlock`).
+///
+/// Returns false if some submitted send's completion was not seen (the ring
+/// failed): the kernel may then still read `wire`, so the caller must keep
+/// it alive for good and stop using the ring.
+pub(crate) fn submit_sends(
+    ring: &mut io_uring::IoUring,
+    fds: impl ExactSizeIterator<Item = RawFd>,
+    wire: &[u8],
+    results: &mut Vec<std::io::Result<usize>>,
+) -> bool {
+    use io_uring::{opcode, types};
+    let len = u32::try_from(wire.len()).unwrap_or(u32::MAX);
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    results.clear();
+    results.resize_with(fds.len(), || Err(std::io::ErrorKind::WouldBlock.into()));
+    let mut queued = 0;
+    {
+        let mut sq = ring.submission();
+        for (i, fd) in fds.enumerate() {
+            let sqe = opcode::Send::new(types::Fd(fd), wire.as_ptr(), len).flags(flags).build().user_data(i as u64);
+            // SAFETY: the kernel reads `len` bytes at `wire.as_ptr()` until
+            // the send completes; every completion is awaited below before
+            // `wire` can go, and if that fails the caller keeps it alive.
+            if unsafe { sq.push(&sqe) }.is_err() {
+                break;
+            }
+            queued += 1;
+        }
+    }
+    // With MSG_DONTWAIT a socket send completes inside the submission (sent,
+    // partly sent or EAGAIN): the wait returns at once.
+    let mut reaped = 0;
+    let mut attempts = 0;
+    while reaped < queued {
+        if let Err(e) = ring.submit_and_wait(queued - reaped) {
+            attempts += 1;
+            if e.kind() != std::io::ErrorKind::Interrupted || attempts > 100 {
+                tracing::error!(error = %e, "batched send submission failed");
+                return false;
+            }
+        }
+        for cqe in ring.completion() {
+            reaped += 1;
+            if let Some(slot) = usize::try_from(cqe.user_data()).ok().and_then(|i| results.get_mut(i)) {
+                let r = cqe.result();
+                *slot = if r >= 0 { Ok(r as usize) } else { Err(std::io::Error::from_raw_os_error(-r)) };
+            }
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,6 +126,64 @@ pub(crate) struct Core {
     started: Instant,
     /// Milliseconds since `started`, advanced by the ticker: a clock read costs nothing.
     clock_ms: Cell<u32>,
+    /// Direct writes of one `Deliver`, submitted together.
+    sends: RefCell<DirectSends>,
+}
+
+/// SQEs per `io_uring_enter` of [`DirectSends`].
+const SEND_RING: u32 = 256;
+
+/// The direct writes of one `Deliver` to idle connections, submitted through
+/// the shard's own small io_uring: one `io_uring_enter` per 256 sockets
+/// instead of one `send(2)` each (the frame is the same `Bytes` for all).
+/// Sends carry `MSG_DONTWAIT`, so the kernel completes every one inline
+/// (sent, partly sent, or `EAGAIN`) and the submission returns with all
+/// completions posted; nothing outlives the call. Without a ring (creation
+/// failed) every target takes the `send(2)` path.
+pub(crate) struct DirectSends {
+    ring: Option<io_uring::IoUring>,
+    targets: Vec<(Rc<Conn>, std::os::fd::RawFd)>,
+    results: Vec<std::io::Result<usize>>,
+}
+
+impl DirectSends {
+    fn new(shard: usize) -> Self {
+        let ring = io_uring::IoUring::new(SEND_RING)
+            .inspect_err(|e| tracing::warn!(shard, error = %e, "no io_uring for batched sends; writing with send(2)"))
+            .ok();
+        DirectSends { ring, targets: Vec::new(), results: Vec::new() }
+    }
+
+    /// Writes `wire` to every collected target and settles each write.
+    fn flush(&mut self, core: &Core, wire: &Bytes, payload: u32) {
+        let targets = std::mem::take(&mut self.targets);
+        for chunk in targets.chunks(SEND_RING as usize) {
+            let batched = match &mut self.ring {
+                Some(ring) if chunk.len() > 1 => {
+                    if !crate::platform::submit_sends(ring, chunk.iter().map(|(_, fd)| *fd), wire, &mut self.results) {
+                        // Sends may still read the frame: it must never be
+                        // freed. The ring is not used again.
+                        std::mem::forget(wire.clone());
+                        self.ring = None;
+                    }
+                    true
+                }
+                _ => false,
+            };
+            if batched {
+                for ((c, _), sent) in chunk.iter().zip(self.results.drain(..)) {
+                    c.direct_sent(core, wire.clone(), payload, sent);
+                }
+            } else {
+                for (c, fd) in chunk {
+                    c.direct_sent(core, wire.clone(), payload, crate::platform::send_nonblocking(*fd, wire));
+                }
+            }
+        }
+        // Keep the allocation for the next Deliver.
+        self.targets = targets;
+        self.targets.clear();
+    }
 }
 
 impl Core {
@@ -143,7 +201,13 @@ impl Core {
             shutting_down: Cell::new(false),
             started: Instant::now(),
             clock_ms: Cell::new(0),
+            sends: RefCell::new(DirectSends::new(index)),
         }
+    }
+
+    /// Whether direct writes go out in io_uring batches (else one `send(2)` each).
+    pub(crate) fn batches_sends(&self) -> bool {
+        self.sends.borrow().ring.is_some()
     }
 
     /// The coarse shard clock (ms), precise to one tick.
@@ -225,18 +289,24 @@ impl Core {
         };
         match cmd {
             Command::Deliver { users, exclude, wire, payload } => {
-                let index = self.users.borrow();
-                let conns = self.conns.borrow();
-                for user in users.iter() {
-                    for key in index.get(user).map(Slots::as_slice).unwrap_or_default() {
-                        if let Some(c) = conns.get(*key as usize)
-                            && Some(c.info.id) != exclude
-                        {
-                            // A clone of `wire` is a refcount bump, not a copy.
-                            push(c, wire.clone(), payload);
+                let mut sends = self.sends.borrow_mut();
+                {
+                    let index = self.users.borrow();
+                    let conns = self.conns.borrow();
+                    for user in users.iter() {
+                        for key in index.get(user).map(Slots::as_slice).unwrap_or_default() {
+                            let Some(c) = conns.get(*key as usize).filter(|c| Some(c.info.id) != exclude) else { continue };
+                            match c.direct_fd(self, wire.len()).filter(|_| direct && sends.ring.is_some()) {
+                                Some(fd) => sends.targets.push((c.clone(), fd)),
+                                // A clone of `wire` is a refcount bump, not a copy.
+                                None => {
+                                    push(c, wire.clone(), payload);
+                                }
+                            }
                         }
                     }
                 }
+                sends.flush(self, &wire, payload);
             }
             Command::SendTo { conn, wire, payload } => {
                 if let Some(c) = self.get(conn) {
@@ -313,7 +383,7 @@ pub(crate) async fn run<H: Handler>(
     let gate = Gate::new();
     let acceptor = glommio::spawn_local(accept_loop(ctx.clone(), listener, gate.clone()));
     let ticker = glommio::spawn_local(ticker(ctx.clone()));
-    tracing::info!(shard = index, %local, "shard listening");
+    tracing::info!(shard = index, %local, batched_sends = ctx.core.batches_sends(), "shard listening");
     let _ = ready.send(Ok(local));
     drop(ready);
 
