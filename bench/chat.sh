@@ -32,7 +32,7 @@ for b in gochat gochat-loadgen; do [[ -x $BIN/$b ]] || die "missing $BIN/$b"; do
 DATA=$OUT/data
 rm -rf "$DATA"
 mkdir -p "$DATA"
-"$BIN/gochat" seed --data-dir "$DATA" --users $((PAIRS * 2)) --pairs "$PAIRS" --out "$DATA/users.json" > "$OUT/seed.log"
+"$BIN/gochat" seed --data-dir "$DATA" --users $((PAIRS * 2)) --pairs "$PAIRS" --out "$DATA/users.json" > "$OUT/seed.log" 2>&1
 
 HTTP=$(free_port); WS=$(free_port)
 "$BIN/gochat" up --http-addr "127.0.0.1:$HTTP" --ws-addr "127.0.0.1:$WS" --data-dir "$DATA" > "$OUT/gochat.log" 2>&1 &
