@@ -52,6 +52,7 @@ use crate::{Accept, ConnInfo, Handler, HandshakeRequest, Reply, TextFrame};
 /// Close codes used by the engine.
 pub(crate) mod code {
     pub const GOING_AWAY: u16 = 1001;
+    pub const INTERNAL_ERROR: u16 = 1011;
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 

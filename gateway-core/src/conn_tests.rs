@@ -149,7 +149,9 @@ fn one_deliver_writes_its_idle_targets_in_one_batch_and_queues_the_rest() {
     assert!(conns[1].push_text(&core, text("first"), 5));
     conns[2].fd.set(-1);
     conns[3].request_close(&core, 1000, "bye", false);
-    let users: Arc<[u64]> = (0..n).collect();
+    // User 5 is listed twice: its socket gets the frame once, never two
+    // interleaved sends.
+    let users: Arc<[u64]> = (0..n).chain([5]).collect();
     let exclude = Some(conns[4].info.id);
     core.apply(Command::Deliver { users, exclude, wire: text("hello"), payload: 5 }, true);
 
@@ -160,6 +162,9 @@ fn one_deliver_writes_its_idle_targets_in_one_batch_and_queues_the_rest() {
         assert_eq!(got, text("hello"), "target {i} got the frame at once");
         assert!(queued(&conns[i]).is_empty());
     }
+    peers[5].set_nonblocking(true).unwrap();
+    let mut more = [0u8; 16];
+    assert_eq!(peers[5].read(&mut more).map_err(|e| e.kind()), Err(std::io::ErrorKind::WouldBlock), "one copy only");
     assert_eq!(queued(&conns[1]), vec![text("first"), text("hello")], "order kept behind a pending frame");
     assert_eq!(queued(&conns[2]), vec![text("hello")], "not open yet: queued");
     assert_eq!(queued(&conns[3]), vec![codec::encode_close(Some(1000), "bye")], "closing: nothing more");

@@ -81,24 +81,42 @@ pub(crate) fn send_nonblocking(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> 
     if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
+/// The outcome of one socket's send in [`submit_sends`].
+#[derive(Debug)]
+pub(crate) enum SendOutcome {
+    /// Completed: the bytes sent, or the error (`EAGAIN`, ...).
+    Done(std::io::Result<usize>),
+    /// Not submitted (the ring was full): nothing was written.
+    NotSent,
+    /// Submitted, but the completion was not seen (the ring failed or timed
+    /// out): some of the frame may have been written, or may still be.
+    Unknown,
+}
+
+/// Longest wait for the completions of one submission. Sends with
+/// `MSG_DONTWAIT` complete inside `io_uring_enter`, so the wait returns at
+/// once; the bound keeps a kernel that behaves otherwise from freezing the
+/// shard.
+const SEND_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One non-blocking `send` SQE per socket (at most the ring's free
 /// entries), submitted and reaped in one `io_uring_enter`; `results` gets
-/// one entry per socket, in order (one not submitted stays `WouldBlock`).
+/// one outcome per socket, in order.
 ///
-/// Returns false if some submitted send's completion was not seen (the ring
-/// failed): the kernel may then still read `wire`, so the caller must keep
-/// it alive for good and stop using the ring.
+/// Returns false if some submitted send's completion was not seen: the
+/// kernel may then still read `wire`, so the caller must keep it alive for
+/// good and stop using the ring.
 pub(crate) fn submit_sends(
     ring: &mut io_uring::IoUring,
     fds: impl ExactSizeIterator<Item = RawFd>,
     wire: &[u8],
-    results: &mut Vec<std::io::Result<usize>>,
+    results: &mut Vec<SendOutcome>,
 ) -> bool {
     use io_uring::{opcode, types};
     let len = u32::try_from(wire.len()).unwrap_or(u32::MAX);
     let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
     results.clear();
-    results.resize_with(fds.len(), || Err(std::io::ErrorKind::WouldBlock.into()));
+    results.resize_with(fds.len(), || SendOutcome::NotSent);
     let mut queued = 0;
     {
         let mut sq = ring.submission();
@@ -113,24 +131,32 @@ pub(crate) fn submit_sends(
             queued += 1;
         }
     }
-    // With MSG_DONTWAIT a socket send completes inside the submission (sent,
-    // partly sent or EAGAIN): the wait returns at once.
+    for r in results.iter_mut().take(queued) {
+        *r = SendOutcome::Unknown;
+    }
+    let timeout = types::Timespec::from(SEND_WAIT);
+    let args = types::SubmitArgs::new().timespec(&timeout);
     let mut reaped = 0;
-    let mut attempts = 0;
+    let mut interrupted = 0;
     while reaped < queued {
-        if let Err(e) = ring.submit_and_wait(queued - reaped) {
-            attempts += 1;
-            if e.kind() != std::io::ErrorKind::Interrupted || attempts > 100 {
-                tracing::error!(error = %e, "batched send submission failed");
-                return false;
+        if let Err(e) = ring.submitter().submit_with_args(queued - reaped, &args) {
+            // ETIME: the wait expired; EINTR: a signal, try again.
+            if e.kind() == std::io::ErrorKind::Interrupted && interrupted < 100 {
+                interrupted += 1;
+                continue;
             }
+            tracing::error!(error = %e, submitted = queued, completed = reaped, "batched sends did not complete");
         }
+        let before = reaped;
         for cqe in ring.completion() {
             reaped += 1;
             if let Some(slot) = usize::try_from(cqe.user_data()).ok().and_then(|i| results.get_mut(i)) {
                 let r = cqe.result();
-                *slot = if r >= 0 { Ok(r as usize) } else { Err(std::io::Error::from_raw_os_error(-r)) };
+                *slot = SendOutcome::Done(if r >= 0 { Ok(r as usize) } else { Err(std::io::Error::from_raw_os_error(-r)) });
             }
+        }
+        if reaped == before {
+            return false;
         }
     }
     true

@@ -138,25 +138,41 @@ const SEND_RING: u32 = 256;
 /// instead of one `send(2)` each (the frame is the same `Bytes` for all).
 /// Sends carry `MSG_DONTWAIT`, so the kernel completes every one inline
 /// (sent, partly sent, or `EAGAIN`) and the submission returns with all
-/// completions posted; nothing outlives the call. Without a ring (creation
+/// completions posted; nothing outlives the call. A send whose completion
+/// is not seen (the ring failed) closes its connection, since part of the
+/// frame may be out; the ring is then dropped. Without a ring (creation
 /// failed) every target takes the `send(2)` path.
 pub(crate) struct DirectSends {
     ring: Option<io_uring::IoUring>,
     targets: Vec<(Rc<Conn>, std::os::fd::RawFd)>,
-    results: Vec<std::io::Result<usize>>,
+    results: Vec<crate::platform::SendOutcome>,
 }
 
 impl DirectSends {
     fn new(shard: usize) -> Self {
-        let ring = io_uring::IoUring::new(SEND_RING)
-            .inspect_err(|e| tracing::warn!(shard, error = %e, "no io_uring for batched sends; writing with send(2)"))
-            .ok();
+        let ring = match io_uring::IoUring::new(SEND_RING) {
+            // The bounded wait needs IORING_FEAT_EXT_ARG (Linux 5.11).
+            Ok(ring) if ring.params().is_feature_ext_arg() => Some(ring),
+            Ok(_) => {
+                tracing::info!(shard, "io_uring without timed waits (Linux < 5.11); writing with send(2)");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "no io_uring for batched sends; writing with send(2)");
+                None
+            }
+        };
         DirectSends { ring, targets: Vec::new(), results: Vec::new() }
     }
 
     /// Writes `wire` to every collected target and settles each write.
     fn flush(&mut self, core: &Core, wire: &Bytes, payload: u32) {
-        let targets = std::mem::take(&mut self.targets);
+        use crate::platform::SendOutcome;
+        let mut targets = std::mem::take(&mut self.targets);
+        // A user listed twice must not put two sends to one socket in one
+        // submission (they could interleave): each connection once.
+        targets.sort_unstable_by_key(|(_, fd)| *fd);
+        targets.dedup_by_key(|(_, fd)| *fd);
         for chunk in targets.chunks(SEND_RING as usize) {
             let batched = match &mut self.ring {
                 Some(ring) if chunk.len() > 1 => {
@@ -170,13 +186,23 @@ impl DirectSends {
                 }
                 _ => false,
             };
-            if batched {
-                for ((c, _), sent) in chunk.iter().zip(self.results.drain(..)) {
-                    c.direct_sent(core, wire.clone(), payload, sent);
-                }
-            } else {
+            if !batched {
                 for (c, fd) in chunk {
                     c.direct_sent(core, wire.clone(), payload, crate::platform::send_nonblocking(*fd, wire));
+                }
+                continue;
+            }
+            for ((c, fd), outcome) in chunk.iter().zip(self.results.drain(..)) {
+                match outcome {
+                    SendOutcome::Done(sent) => {
+                        c.direct_sent(core, wire.clone(), payload, sent);
+                    }
+                    SendOutcome::NotSent => {
+                        c.direct_sent(core, wire.clone(), payload, crate::platform::send_nonblocking(*fd, wire));
+                    }
+                    // Part of the frame may be on the wire: anything sent
+                    // after it would corrupt the stream.
+                    SendOutcome::Unknown => c.request_close(core, code::INTERNAL_ERROR, "send failed", true),
                 }
             }
         }

@@ -446,13 +446,13 @@ impl Logic {
         Err(in_progress())
     }
 
-    /// Every member id of a (small) conversation.
     /// The world room and groups over `chat.large_group_threshold` members:
     /// pushed by im-task's fan-out, not inline.
     pub(crate) fn is_large(&self, conv: &Conversation) -> bool {
         conv.r#type == WORLD || conv.member_count as u64 > self.config.get().chat.large_group_threshold
     }
 
+    /// Every member id of a (small) conversation.
     pub(crate) async fn all_member_ids(&self, conversation_id: &str) -> AppResult<Vec<i64>> {
         let mut ids = Vec::new();
         let mut after = 0;

@@ -650,3 +650,124 @@ impl Repo for RepoService {
         ok(RevokedTokens { tokens })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gochat_infra::kv::memory::MemoryKv;
+    use gochat_infra::store::sqlite::SqliteStore;
+
+    use super::*;
+
+    async fn repo() -> RepoService {
+        let store = SqliteStore::open_in_memory().await.expect("store");
+        RepoService::new(Arc::new(store), Arc::new(MemoryKv::new()))
+    }
+
+    fn user(id: i64) -> User {
+        User { id, username: format!("u{id}"), created_at_ms: 1, updated_at_ms: 1, ..Default::default() }
+    }
+
+    fn member(conv: &str, user_id: i64) -> Member {
+        Member { conversation_id: conv.into(), user_id, role: 1, joined_at_ms: 1, ..Default::default() }
+    }
+
+    async fn group(r: &RepoService, id: &str, members: &[i64]) {
+        let conversation = Conversation { id: id.into(), r#type: 2, created_at_ms: 1, updated_at_ms: 1, ..Default::default() };
+        let members = members.iter().map(|u| member(id, *u)).collect();
+        r.create_conversation(Request::new(CreateConversationRequest { conversation: Some(conversation), members })).await.expect("create");
+    }
+
+    fn message(id: i64, conv: &str, seq: i64) -> gochat_proto::common::Message {
+        gochat_proto::common::Message {
+            id,
+            conversation_id: conv.into(),
+            sender_id: 1,
+            message_type: 1,
+            content: "x".into(),
+            seq_id: seq,
+            created_at_ms: 10,
+            ..Default::default()
+        }
+    }
+
+    async fn metas(r: &RepoService, ids: &[&str]) -> Vec<Conversation> {
+        let req = ConversationIds { conversation_ids: ids.iter().map(|s| s.to_string()).collect() };
+        let mut out = r.get_conversation_metas(Request::new(req)).await.expect("metas").into_inner().conversations;
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    async fn members(r: &RepoService, keys: &[(&str, i64)]) -> Vec<(String, i64)> {
+        let keys = keys.iter().map(|(c, u)| MemberKey { conversation_id: c.to_string(), user_id: *u }).collect();
+        let mut out: Vec<(String, i64)> = r
+            .get_members(Request::new(MemberKeys { keys }))
+            .await
+            .expect("members")
+            .into_inner()
+            .members
+            .into_iter()
+            .map(|m| (m.conversation_id, m.user_id))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn metas_stay_cached_while_messages_are_stored_and_seed_sequences() {
+        let r = repo().await;
+        for id in [1, 2] {
+            r.store.create_user(&user(id)).await.expect("user");
+        }
+        group(&r, "g", &[1, 2]).await;
+        r.batch_save_messages(Request::new(BatchSaveMessagesRequest { messages: vec![message(100, "g", 7)] })).await.expect("save");
+
+        // Read from the database: last_* left out, and the counter seeded from last_seq_id 7.
+        let m = metas(&r, &["g", "nope"]).await;
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].last_seq_id, m[0].last_message_id, m[0].member_count), (0, None, 2));
+        let seq = r.next_seq(Request::new(ConversationId { conversation_id: "g".into() })).await.expect("seq").into_inner().seq_id;
+        assert_eq!(seq, 8, "seeded from the stored messages");
+
+        // Storing messages leaves the meta entry; a cache miss never moves a live counter back.
+        r.batch_save_messages(Request::new(BatchSaveMessagesRequest { messages: vec![message(101, "g", 8)] })).await.expect("save");
+        assert!(r.kv.get(&keys::conversation_meta("g")).await.expect("kv").is_some(), "not invalidated by messages");
+        r.kv.del(&[keys::conversation_meta("g")]).await.expect("del");
+        metas(&r, &["g"]).await;
+        let seq = r.next_seq(Request::new(ConversationId { conversation_id: "g".into() })).await.expect("seq").into_inner().seq_id;
+        assert_eq!(seq, 9, "seeding only sets a missing counter");
+
+        // A membership change drops it: the new member count shows.
+        r.store.create_user(&user(3)).await.expect("user");
+        r.add_members(Request::new(AddMembersRequest { conversation_id: "g".into(), members: vec![member("g", 3)] })).await.expect("add");
+        assert_eq!(metas(&r, &["g"]).await[0].member_count, 3);
+    }
+
+    #[tokio::test]
+    async fn members_cache_not_a_member_until_a_membership_write() {
+        let r = repo().await;
+        for id in [1, 2, 3] {
+            r.store.create_user(&user(id)).await.expect("user");
+        }
+        group(&r, "g", &[1, 2]).await;
+        assert_eq!(members(&r, &[("g", 1), ("g", 3), ("g", 1), ("x", 1)]).await, vec![("g".into(), 1)]);
+        // "Not a member" is cached (empty value) and answered from the cache.
+        assert_eq!(r.kv.get(&keys::member("g", 3)).await.expect("kv"), Some(Bytes::new()));
+        assert_eq!(members(&r, &[("g", 3)]).await, vec![]);
+        r.add_members(Request::new(AddMembersRequest { conversation_id: "g".into(), members: vec![member("g", 3)] })).await.expect("add");
+        assert_eq!(members(&r, &[("g", 3)]).await, vec![("g".into(), 3)], "the add invalidated the negative entry");
+        r.remove_member(Request::new(MemberKey { conversation_id: "g".into(), user_id: 1 })).await.expect("remove");
+        assert_eq!(members(&r, &[("g", 1), ("g", 2)]).await, vec![("g".into(), 2)], "a removed member is gone at once");
+
+        let lists = r
+            .get_member_id_lists(Request::new(ConversationIds { conversation_ids: vec!["g".into(), "x".into()] }))
+            .await
+            .expect("lists")
+            .into_inner()
+            .lists;
+        assert_eq!(lists.len(), 1);
+        assert_eq!((lists[0].conversation_id.as_str(), lists[0].user_ids.clone()), ("g", vec![2, 3]));
+        let too_many = ConversationIds { conversation_ids: vec!["g".into(); MAX_BATCH_KEYS + 1] };
+        let err = r.get_member_id_lists(Request::new(too_many)).await.expect_err("over the cap");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+}

@@ -62,6 +62,24 @@ async fn malformed_frames_get_errors_and_the_connection_stays_open() {
 }
 
 #[tokio::test]
+async fn a_removed_member_can_no_longer_send_over_the_socket() {
+    // WebSocket sends read memberships per batch from the cache: removing a
+    // member must still take effect on the very next send.
+    let app = spawn_app().await;
+    let owner = app.user("owner").await;
+    let m = app.user("member").await;
+    let g = app.group(&owner, "team", &[&m]).await;
+    let mut ws = app.ws(&m).await;
+    ws.send_message(&g, "hello", "rm-1").await;
+    assert_eq!(ws.next_of("message-ack").await["data"]["seqId"], 1);
+    let (s, v) = app.delete(&format!("/api/conversations/{g}/members/{}", m.id), &owner.token).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    ws.send_message(&g, "still here?", "rm-2").await;
+    let e = ws.next_of("error").await;
+    assert_eq!((e["data"]["code"].as_str(), e["data"]["client_msg_id"].as_str()), (Some("FORBIDDEN"), Some("rm-2")));
+}
+
+#[tokio::test]
 async fn sends_the_user_may_not_make_are_refused_with_the_client_msg_id() {
     let app = spawn_app().await;
     let a = app.user("alice").await;

@@ -559,15 +559,21 @@ pub(crate) async fn conversations_and_members_are_read_in_bulk(store: &dyn Store
     users(store, &[1, 2, 3]).await;
     store.create_conversation(&group("g1", 1, T0), &[member(1, 3, T0), member(2, 1, T0)]).await.unwrap();
     store.create_conversation(&group("g2", 3, T0), &[member(3, 3, T0)]).await.unwrap();
-    let ids: Vec<String> = ["g1", "g2", "nope", "'); --", "g1"].iter().map(|s| s.to_string()).collect();
+    // A 64-character prefix of a longer id must not match the shorter one.
+    let long_id = "l".repeat(64);
+    store.create_conversation(&group(&long_id, 1, T0), &[member(1, 3, T0)]).await.unwrap();
+    let longer = format!("{long_id}x");
+    let mut ids: Vec<String> = ["g1", "g2", "nope", "'); --", "g1"].iter().map(|s| s.to_string()).collect();
+    ids.push(longer.clone());
     let mut convs = store.get_conversations(&ids).await.unwrap();
     convs.sort_by(|a, b| a.id.cmp(&b.id));
     let one = |id: &'static str| async move { store.get_conversation(id).await.unwrap().unwrap() };
     assert_eq!(convs, vec![one("g1").await, one("g2").await], "existing ones, each once, as read one by one");
     assert!(store.get_conversations(&[]).await.unwrap().is_empty());
 
-    let keys: Vec<(String, i64)> =
+    let mut keys: Vec<(String, i64)> =
         [("g1", 1), ("g1", 2), ("g1", 3), ("g2", 3), ("nope", 1), ("G1", 1), ("g1", 2)].iter().map(|(c, u)| (c.to_string(), *u)).collect();
+    keys.push((longer.clone(), 1));
     let mut found = store.get_members(&keys).await.unwrap();
     found.sort_by(|a, b| (&a.conversation_id, a.user_id).cmp(&(&b.conversation_id, b.user_id)));
     let mut expected = Vec::new();
@@ -579,7 +585,8 @@ pub(crate) async fn conversations_and_members_are_read_in_bulk(store: &dyn Store
     assert!(store.get_members(&[]).await.unwrap().is_empty());
 
     store.create_conversation(&group("empty", 1, T0), &[]).await.unwrap();
-    let asked: Vec<String> = ["g2", "g1", "nope", "empty", "g1"].iter().map(|s| s.to_string()).collect();
+    let mut asked: Vec<String> = ["g2", "g1", "nope", "empty", "g1"].iter().map(|s| s.to_string()).collect();
+    asked.push(longer);
     let lists = store.member_id_lists(&asked, 2).await.unwrap();
     assert_eq!(lists, vec![("g1".to_string(), vec![1, 2]), ("g2".to_string(), vec![3])], "whole lists, ascending, once each");
     assert_eq!(store.member_id_lists(&asked, 1).await.unwrap(), vec![("g2".to_string(), vec![3])], "larger conversations are left out");

@@ -275,7 +275,8 @@ impl MySqlStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: BTreeSet<&String> = ids.iter().collect(); // each row once
+        // JSON_TABLE would cut a longer id to 64 characters and match another row.
+        let ids: BTreeSet<&String> = ids.iter().filter(|id| id.chars().count() <= MAX_CONV_ID).collect(); // each row once
         let rows = sqlx::query(concat!(
             "SELECT ",
             conv_cols!("c"),
@@ -294,7 +295,8 @@ impl MySqlStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: BTreeSet<&(String, i64)> = keys.iter().collect(); // each row once
+        // JSON_TABLE would cut a longer id to 64 characters and match another row.
+        let keys: BTreeSet<&(String, i64)> = keys.iter().filter(|(id, _)| id.chars().count() <= MAX_CONV_ID).collect(); // each row once
         let rows = sqlx::query(concat!(
             "SELECT ",
             member_cols!("cm", ""),
@@ -317,7 +319,8 @@ impl MySqlStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: BTreeSet<&String> = ids.iter().collect();
+        // JSON_TABLE would cut a longer id to 64 characters and match another row.
+        let ids: BTreeSet<&String> = ids.iter().filter(|id| id.chars().count() <= MAX_CONV_ID).collect();
         let rows = sqlx::query(
             "SELECT cm.conversation_id, cm.user_id
              FROM JSON_TABLE(?, '$[*]' COLUMNS (

@@ -90,7 +90,14 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let cache = |kib: u32| options.clone().pragma("cache_size", format!("-{kib}"));
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(cache(WRITER_CACHE_KIB)).await?;
+        // Kept open for good: a new connection would start with a cold cache.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(cache(WRITER_CACHE_KIB))
+            .await?;
         let pool = SqlitePoolOptions::new().max_connections(POOL_SIZE).connect_with(cache(READER_CACHE_KIB)).await?;
         Self::migrated(pool, writer).await
     }
