@@ -104,7 +104,7 @@ impl Logic {
     /// stored client ids, conversations, the senders' memberships and the
     /// senders (a cold cache then costs a few queries per batch, not a few
     /// per message).
-    pub async fn batch_reads(&self, requests: &[SendMessageRequest]) -> BatchReads {
+    pub async fn batch_reads(&self, requests: &[&SendMessageRequest]) -> BatchReads {
         let mut conv_ids = BTreeSet::new();
         let mut member_keys = BTreeSet::new();
         let mut user_ids = BTreeSet::new();
@@ -158,7 +158,7 @@ impl Logic {
     /// The batch's client message ids already in the database, in one query
     /// (instead of one per message); `None` if the lookup failed, and then
     /// each claim checks the database itself.
-    async fn stored_client_ids(&self, requests: &[SendMessageRequest]) -> Option<StoredIds> {
+    async fn stored_client_ids(&self, requests: &[&SendMessageRequest]) -> Option<StoredIds> {
         let keys: Vec<ClientMsgKey> = requests
             .iter()
             .filter_map(|r| {

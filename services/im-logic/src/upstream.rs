@@ -54,6 +54,9 @@ async fn commit(consumer: &mut dyn Consumer, records: &[Record]) {
     }
 }
 
+/// Items of one partition, in order, each with its trace id.
+type Traced<T> = Vec<(T, String)>;
+
 /// Handles a batch; false when shutdown interrupted it.
 async fn handle_batch(logic: &Logic, records: &[Record], shutdown: &Shutdown) -> bool {
     let mut by_partition: BTreeMap<(&str, u32), Vec<(UpstreamMessage, String)>> = BTreeMap::new();
@@ -67,11 +70,20 @@ async fn handle_batch(logic: &Logic, records: &[Record], shutdown: &Shutdown) ->
             }
         }
     }
-    // One set of reads (conversations, memberships, senders, stored ids)
-    // for the whole batch, shared by its partitions.
-    let requests: Vec<SendMessageRequest> = by_partition.values().flatten().map(|(up, _)| request(up)).collect();
-    let reads = logic.batch_reads(&requests).await;
-    let tasks = by_partition.into_values().map(|ups| handle_partition(logic, ups, &reads, shutdown));
+    // Each record's request is built once; one set of reads
+    // (conversations, memberships, senders, stored ids) serves the whole
+    // batch, shared by its partitions.
+    let partitions: Vec<(Traced<UpstreamMessage>, Traced<SendMessageRequest>)> = by_partition
+        .into_values()
+        .map(|ups| {
+            let requests = ups.iter().map(|(up, trace)| (request(up), trace.clone())).collect();
+            (ups, requests)
+        })
+        .collect();
+    let all: Vec<&SendMessageRequest> = partitions.iter().flat_map(|(_, reqs)| reqs.iter().map(|(r, _)| r)).collect();
+    let reads = logic.batch_reads(&all).await;
+    drop(all);
+    let tasks = partitions.into_iter().map(|(ups, requests)| handle_partition(logic, ups, requests, &reads, shutdown));
     futures::future::join_all(tasks).await.into_iter().all(|done| done)
 }
 
@@ -95,8 +107,13 @@ fn request(up: &UpstreamMessage) -> SendMessageRequest {
 
 /// One partition's records, in order, with one durable write for the lot;
 /// false when shutdown interrupted it (not done).
-async fn handle_partition(logic: &Logic, ups: Vec<(UpstreamMessage, String)>, reads: &BatchReads, shutdown: &Shutdown) -> bool {
-    let requests = ups.iter().map(|(up, trace)| (request(up), trace.clone())).collect();
+async fn handle_partition(
+    logic: &Logic,
+    ups: Vec<(UpstreamMessage, String)>,
+    requests: Vec<(SendMessageRequest, String)>,
+    reads: &BatchReads,
+    shutdown: &Shutdown,
+) -> bool {
     let results = logic.send_batch(requests, reads, "ws").await;
     for ((up, trace), result) in ups.iter().zip(results) {
         match result {
